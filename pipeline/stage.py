@@ -133,6 +133,16 @@ class Stage:
                 out.append(exc)
         return out
 
+    def process_part(self, rows: list[dict[str, Any]]) -> list[Result | BaseException]:
+        """Process all rows of one part (``self.context.part``); entry *i* is the result for
+        ``rows[i]``. The default feeds :meth:`process_batch` ``resources.batch_size`` rows at a
+        time. Override when the part is the natural unit (e.g. the shard writer)."""
+        size = (self.config.resources or self.resources).batch_size
+        out: list[Result | BaseException] = []
+        for i in range(0, len(rows), size):
+            out.extend(self.process_batch(rows[i:i + size]))
+        return out
+
     def key(self, row: dict[str, Any]) -> str:
         """The item's id in ``_errors`` rows and reports."""
         for k in ("clip_id", "video_id", "key", "id"):
