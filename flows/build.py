@@ -1,0 +1,71 @@
+"""The Prefect flows that run a corpus build or one stage, and publish stage reports.
+
+Prefect orchestrates (one task per stage, with retries; reports as artifacts); Ray does
+the work inside each stage (:mod:`pipeline.executor`). Ray workers never talk to Prefect.
+With no ``PREFECT_API_URL`` set, Prefect runs a local ephemeral server (SQLite).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows import flow_stages
+from pipeline.config import load_config
+from pipeline.executor import Pipeline
+from pipeline.report import build_report
+
+
+def open_pipeline(config_path: str, overrides: list[str] | None = None) -> Pipeline:
+    cfg = load_config(config_path, overrides)
+    return Pipeline(cfg, flow_stages(cfg.flow))
+
+
+def _artifact_key(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+@task(name="run-stage", retries=1, retry_delay_seconds=5, task_run_name="{stage_name}")
+def stage_task(config_path: str, overrides: list[str], stage_name: str, force: bool = False,
+               parts: list[int] | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Run one stage on Ray, then publish its report (Prefect artifact + files)."""
+    logger = get_run_logger()
+    pipe = open_pipeline(config_path, overrides)
+    run = pipe.run_stage(stage_name, parts=parts, force=force, progress=progress)
+    report = build_report(pipe, stage_name)
+    create_markdown_artifact(key=_artifact_key(pipe.cfg.corpus, stage_name), markdown=report["markdown"],
+                             description=f"{pipe.cfg.corpus}/{stage_name} stage report")
+    c = report["counts"]
+    logger.info("%s: ran %d part(s), skipped %d, failed %d; kept %s, rejected %s, errors %s",
+                stage_name, len(run.ran), run.skipped, len(run.failed), c.get("kept", 0), c.get("rejected", 0),
+                c.get("errors", 0))
+    return {"stage": stage_name, "ran": run.ran, "skipped": run.skipped, "failed": run.failed,
+            "finalized": run.finalized, "counts": c, "report": pipe.storage.url_of(f"{pipe.stage_dir(stage_name)}/_report.md")}
+
+
+@flow(name="livecc-corpus-build", log_prints=True)
+def build_corpus(config_path: str, overrides: list[str] | None = None, force: bool = False,
+                 progress: bool | None = None) -> list[dict[str, Any]]:
+    """Run every stage of the config's flow in order; each stage resumes where it stopped."""
+    pipe = open_pipeline(config_path, overrides)
+    results = []
+    try:
+        for stage in pipe.stages:
+            results.append(stage_task(config_path, overrides or [], stage.name, force=force, progress=progress))
+    finally:
+        from pipeline.executor import shutdown_ray
+        shutdown_ray()
+    return results
+
+
+@flow(name="livecc-stage-rerun", log_prints=True)
+def rerun_stage(config_path: str, stage_name: str, overrides: list[str] | None = None,
+                parts: list[int] | None = None, force: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Run one stage again (chosen parts, or whatever is not done)."""
+    try:
+        return stage_task(config_path, overrides or [], stage_name, force=force, parts=parts, progress=progress)
+    finally:
+        from pipeline.executor import shutdown_ray
+        shutdown_ray()

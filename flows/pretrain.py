@@ -1,0 +1,14 @@
+"""The pre-training corpus (the paper's Live-CC-5M recipe, DESIGN.md section 5):
+ingest -> caption parse -> pre-training clip -> wps filter -> shard."""
+from stages.caption_parse import CaptionParse
+from stages.clip import PretrainClip, WpsFilter
+from stages.ingest import LocalIngest
+from stages.shard import Shard
+
+STAGES = [
+    LocalIngest,
+    CaptionParse,
+    PretrainClip,
+    WpsFilter,
+    Shard,
+]

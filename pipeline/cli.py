@@ -1,0 +1,274 @@
+"""The ``livecc`` command line.
+
+Every command takes the build config file (YAML) that names the corpus, its root and its
+stages; ``--set KEY=VALUE`` overrides a key for one run (``--set stages.ingest.path=/data``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
+               "PREFECT_LOGGING_EXTRA_LOGGERS": "livecc"}.items():
+    os.environ.setdefault(_k, _v)
+
+app = typer.Typer(help="livecc-pipeline: build streaming video-LLM corpora from YouTube videos and captions "
+                       "(Prefect flows, Ray workers), inspect them and train on them.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+stage_app = typer.Typer(help="Run or list single stages of a build.", no_args_is_help=True)
+inspect_app = typer.Typer(help="Look inside outputs: shard samples, talking-head decisions.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the resolved config (every default filled in) to diff builds.", no_args_is_help=True)
+app.add_typer(stage_app, name="stage")
+app.add_typer(inspect_app, name="inspect")
+app.add_typer(config_app, name="config")
+console = Console(stderr=True)
+out = Console()
+
+ConfigArg = typer.Argument(..., help="Build config YAML (see configs/ and the README's 'Config file').",
+                           exists=True, dir_okay=False)
+SetOpt = typer.Option(None, "--set", help="Override a config key for this run: KEY=VALUE (dotted keys, YAML values). Repeatable.")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _pipeline(config: Path, overrides: list[str] | None):
+    from flows import flow_stages
+    from pipeline.config import ConfigError, load_config
+    from pipeline.executor import Pipeline
+
+    try:
+        cfg = load_config(config, overrides)
+        return Pipeline(cfg, flow_stages(cfg.flow))
+    except (ConfigError, KeyError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}")
+        raise typer.Exit(2)
+
+
+def _parse_parts(spec: str | None) -> list[int] | None:
+    if not spec:
+        return None
+    parts: set[int] = set()
+    for chunk in spec.split(","):
+        chunk = chunk.strip()
+        if "-" in chunk:
+            a, b = chunk.split("-", 1)
+            parts.update(range(int(a), int(b) + 1))
+        elif chunk:
+            parts.add(int(chunk))
+    return sorted(parts)
+
+
+def _ranges(ids: list[int]) -> str:
+    if not ids:
+        return ""
+    out_, start, prev = [], ids[0], ids[0]
+    for k in ids[1:] + [None]:
+        if k is not None and k == prev + 1:
+            prev = k
+            continue
+        out_.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if k is not None:
+            start = prev = k
+    return ",".join(out_)
+
+
+def _print_outputs(pipe) -> None:
+    for s in pipe.stages:
+        shard_dir = getattr(pipe.configs[s.name], "shard_dir", None)
+        if shard_dir:
+            out.print(f"shards:  {pipe.storage.url_of(f'{pipe.cfg.corpus}/{shard_dir}')}")
+    out.print(f"reports: {pipe.storage.url_of(pipe.cfg.corpus)}/<stage>/_report.md")
+
+
+@app.command()
+def build(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
+          force: bool = typer.Option(False, "--force", help="Redo every part of every stage."),
+          progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: when on a terminal)."),
+          verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
+    """Build a corpus: run every stage of the config's flow as a Prefect flow on Ray.
+
+    Resumable: parts already done are skipped, so a killed build picks up where it stopped.
+    A changed stage config marks that stage and everything downstream stale. Bad items are
+    recorded in each stage's _errors/_rejected part files; the build goes on.
+    """
+    _setup_logging(verbose)
+    pipe = _pipeline(config, set_)
+    if not force and pipe.up_to_date():
+        out.print(f"Nothing to do: all {len(pipe.stages)} stages of {pipe.cfg.corpus!r} are up to date.")
+        _print_outputs(pipe)
+        return
+    from flows.build import build_corpus
+
+    results = build_corpus(str(config), set_ or [], force=force, progress=progress)
+    failed = {r["stage"]: r["failed"] for r in results if r["failed"]}
+    t = Table(title=f"corpus {pipe.cfg.corpus!r}")
+    for col in ("stage", "parts run", "skipped", "failed", "kept", "rejected", "errors"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for r in results:
+        c = r["counts"]
+        t.add_row(r["stage"], str(len(r["ran"])), str(r["skipped"]), str(len(r["failed"])),
+                  str(c.get("kept", 0)), str(c.get("rejected", 0)), str(c.get("errors", 0)))
+    out.print(t)
+    _print_outputs(pipe)
+    if failed:
+        console.print(f"[red]failed parts[/red] (see `livecc status`): {failed}")
+        raise typer.Exit(1)
+
+
+@stage_app.command("run")
+def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc stage list CONFIG`)."),
+              config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
+              parts: Optional[str] = typer.Option(None, "--parts", help="Parts to redo, e.g. 0,3-5 (implies redo of exactly these)."),
+              force: bool = typer.Option(False, "--force", help="Redo all parts of the stage, not only pending/stale/failed ones."),
+              progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+              verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
+    """Run one stage again, as a Prefect flow on Ray. Downstream stages become stale where
+    this stage's output changed; `livecc build` then redoes just those parts."""
+    _setup_logging(verbose)
+    pipe = _pipeline(config, set_)
+    try:
+        pipe.stage(stage)
+    except KeyError as exc:
+        console.print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(2)
+    from flows.build import rerun_stage
+
+    r = rerun_stage(str(config), stage, set_ or [], parts=_parse_parts(parts), force=force, progress=progress)
+    c = r["counts"]
+    out.print(f"{stage}: ran parts [{_ranges(sorted(r['ran']))}], skipped {r['skipped']}, failed {len(r['failed'])}; "
+              f"kept {c.get('kept', 0)}, rejected {c.get('rejected', 0)}, errors {c.get('errors', 0)}")
+    out.print(f"report: {r['report']}")
+    if r["failed"]:
+        raise typer.Exit(1)
+
+
+@stage_app.command("list")
+def stage_list(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt) -> None:
+    """List the flow's stages in order, with their resources."""
+    pipe = _pipeline(config, set_)
+    for i, s in enumerate(pipe.stages):
+        res = pipe.configs[s.name].resources or s.resources
+        doc = (s.__doc__ or "").strip().splitlines()[0] if s.__doc__ else ""
+        out.print(f"{i}. {s.name:<16} cpus={res.num_cpus:g} gpus={res.num_gpus:g} batch={res.batch_size}  {doc}")
+
+
+@app.command()
+def status(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Show each stage's parts as done, pending, stale or failed, with item counts."""
+    pipe = _pipeline(config, set_)
+    rows = pipe.status()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table(title=f"{pipe.cfg.corpus} @ {pipe.cfg.root}")
+    for col in ("stage", "done", "pending", "stale", "failed", "kept", "rejected", "errors", "finalize"):
+        t.add_column(col, justify="left" if col in ("stage", "finalize") else "right")
+    for r in rows:
+        p, c = r["parts"], r["counts"]
+
+        def cell(state: str) -> str:
+            ids = p[state]
+            return f"{len(ids)}" + (f" [{_ranges(ids)}]" if ids and state != "done" and len(ids) <= 50 else "")
+        t.add_row(r["stage"], cell("done"), cell("pending"), cell("stale"), cell("failed"),
+                  str(c.get("kept", 0)), str(c.get("rejected", 0)), str(c.get("errors", 0)), r["finalize"] or "-")
+    out.print(t)
+
+
+@config_app.command("show")
+def config_show(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt) -> None:
+    """Print the config with every default filled in (what the build really uses)."""
+    from pipeline.config import resolved_yaml
+
+    pipe = _pipeline(config, set_)
+    out.print(resolved_yaml(pipe.cfg, pipe.stages), end="", markup=False, highlight=False)
+
+
+@inspect_app.command("shards")
+def inspect_shards(shard_dir: str = typer.Argument(..., help="Shard folder (path or fsspec URL) holding seek_index.parquet."),
+                   index: Optional[int] = typer.Option(None, "--index", "-i", help="Sample position in the seek index."),
+                   key: Optional[str] = typer.Option(None, "--key", "-k", help="Sample key (clip_id)."),
+                   member: str = typer.Option("json", "--member", "-m", help="Member to print (json) or save (mp4 with --out)."),
+                   out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the member's bytes to this file.")) -> None:
+    """Print one sample of a shard set, read with one ranged read per member through the seek index."""
+    from schemas.seek_index import SeekIndex
+
+    idx = SeekIndex.open(shard_dir)
+    which = key if key is not None else (index if index is not None else 0)
+    try:
+        data = idx.read_member(which, member)
+    except (KeyError, IndexError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    if out_path:
+        out_path.write_bytes(data)
+        out.print(f"wrote {len(data)} bytes of {member} to {out_path}")
+    elif member == "json":
+        out.print_json(data.decode("utf-8"))
+    else:
+        out.print(f"{member}: {len(data)} bytes (use --out to save)")
+
+
+@inspect_app.command("talking-head")
+def inspect_talking_head(media: Path = typer.Argument(..., exists=True, dir_okay=False, help="Video file."),
+                         start: float = typer.Option(0.0, help="Clip start (s)."),
+                         end: Optional[float] = typer.Option(None, help="Clip end (s); default: end of media."),
+                         out_path: Path = typer.Option(Path("talking_head.mp4"), "--out", "-o", help="Output mp4."),
+                         model_dir: Optional[Path] = typer.Option(None, help="Folder with the Light-ASD and SCRFD weights.")) -> None:
+    """Render a clip with face boxes, tracks and per-frame speaking scores, to check a decision by eye."""
+    from stages.talking_head.visualize import render
+    from stages.talking_head import TalkingHead
+
+    cfg = TalkingHead.Config(**({"model_dir": str(model_dir)} if model_dir else {}))
+    if end is None:
+        from stages.ingest import probe_media
+        end = probe_media(str(media))["duration"]
+    stats = render(str(media), start, end, str(out_path), cfg)
+    out.print(f"wrote {out_path}; talking_head_ratio={stats.get('talking_head_ratio')}")
+
+
+@app.command("sample-archive")
+def sample_archive(out_dir: Path = typer.Argument(..., help="Folder to create (yt-dlp naming)."),
+                   videos: int = typer.Option(3, min=1, help="How many sample videos."),
+                   seconds: float = typer.Option(80.0, min=35.0, help="Length of each video (s).")) -> None:
+    """Generate a small offline sample archive with ffmpeg: videos plus VTT and json3 captions."""
+    from stages.sample_archive import make_sample_archive
+
+    paths = make_sample_archive(out_dir, n_videos=videos, duration_s=seconds)
+    out.print(f"wrote {len(paths)} files to {out_dir}")
+
+
+def _mount_train() -> None:
+    try:
+        from train.cli import app as train_app
+    except Exception as exc:  # noqa: BLE001 - training extras are optional on corpus-only installs
+        @app.command("train", help="Train Qwen2-VL on produced shards (needs the 'train' extra).")
+        def _train_missing() -> None:
+            console.print(f"[red]error:[/red] training is unavailable: {exc}. Install with: pip install -e '.[train]'")
+            raise typer.Exit(2)
+        return
+    app.add_typer(train_app, name="train")
+
+
+_mount_train()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,154 @@
+"""Build configuration: one YAML file, validated by pydantic, diffable.
+
+A build config names the corpus, its storage root, the flow (the ordered stages) and one
+section per stage. Every stage section is validated by that stage's own config model, so
+an unknown key or a bad value fails before any work starts, with the file and the dotted
+key in the message::
+
+    configs/pretrain.yaml: stages.pretrain_clip.min_clip_sec: Input should be a valid number
+
+Relative local paths in the file (``root``, a source ``path``) are resolved against the
+folder of the config file, so a scheduled run gives the same result from any working dir.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.stage import Stage, StageConfig
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class RayConfig(BaseModel):
+    """Where stages run. ``address`` null: ``$RAY_ADDRESS`` if set, else a local Ray started
+    by the command (``num_cpus`` caps it). ``part_retries``: extra attempts for a part that raises."""
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    num_gpus: int | None = Field(None, ge=0)
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    part_retries: int = Field(2, ge=0)
+
+
+class BuildConfig(BaseModel):
+    """The top level of a build config file (see README "Config file")."""
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    flow: str = Field("pretrain", pattern=r"^[a-z_]+$")
+    root: str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    part_size: int = Field(100, ge=1)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    # set by load_config; not part of the file
+    path: str | None = Field(None, exclude=True)
+
+
+def _fmt_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _apply_override(data: dict, dotted: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"--set {dotted!r}: expected KEY=VALUE")
+    key, raw = dotted.split("=", 1)
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _resolve_local(path: str, base: Path) -> str:
+    if "://" in path or os.path.isabs(path):
+        return path
+    return str((base / os.path.expanduser(path)).resolve())
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> BuildConfig:
+    """Load and validate a build config file, applying ``KEY=VALUE`` overrides.
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key or a bad value (names file and key).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such config file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for o in overrides or []:
+        _apply_override(data, o)
+    try:
+        cfg = BuildConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{path}: {_fmt_loc(err['loc'])}: {err['msg']}") from None
+    base = path.resolve().parent
+    cfg.root = _resolve_local(cfg.root, base)
+    cfg.path = str(path.resolve())
+    return cfg
+
+
+def stage_config(cfg: BuildConfig, stage: type[Stage]) -> StageConfig:
+    """Validate the ``stages.<name>`` section with the stage's config model.
+
+    Raises:
+        ConfigError: naming the file and the dotted key.
+    """
+    raw = dict(cfg.stages.get(stage.name) or {})
+    try:
+        sc = stage.Config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{cfg.path or 'config'}: stages.{stage.name}.{_fmt_loc(err['loc'])}: {err['msg']}") from None
+    base = Path(cfg.path).parent if cfg.path else Path.cwd()
+    # Stage configs may declare local path fields; resolve them like the top-level root.
+    for name, field in type(sc).model_fields.items():
+        if (field.json_schema_extra or {}).get("local_path") and isinstance(getattr(sc, name), str):
+            setattr(sc, name, _resolve_local(getattr(sc, name), base))
+    return sc
+
+
+def check_stage_sections(cfg: BuildConfig, stages: list[type[Stage]]) -> None:
+    """Every ``stages.<name>`` section must belong to a stage of the flow.
+
+    Raises:
+        ConfigError: an unknown stage section, or a bad value inside a known one.
+    """
+    names = [s.name for s in stages]
+    for key in cfg.stages:
+        if key not in names:
+            raise ConfigError(f"{cfg.path or 'config'}: stages.{key}: no such stage in flow "
+                              f"{cfg.flow!r} (stages: {', '.join(names)})")
+    for s in stages:
+        stage_config(cfg, s)
+
+
+def config_hash(payload: Any) -> str:
+    """sha256 (16 hex digits) of a JSON-serialisable payload, key order independent."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolved_yaml(cfg: BuildConfig, stages: list[type[Stage]]) -> str:
+    """The config with every default filled in: what a build actually uses, for diffing."""
+    data = cfg.model_dump(mode="json", exclude={"stages"})
+    data["stages"] = {s.name: stage_config(cfg, s).model_dump(mode="json") for s in stages}
+    return yaml.safe_dump(data, sort_keys=False)
