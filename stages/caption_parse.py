@@ -37,7 +37,8 @@ Clean-up in ``precise`` mode (``compat`` keeps the reference's text untouched):
   dropped. Mixed-case labels are left alone: they cannot be told from speech.
 
 Timestamps are repaired by :func:`repair_words`: words with a negative or non-finite time
-are dropped; an end before its start is set to the start; words are stably sorted by
+are dropped; an end before its start is set to the start (a cue that ends before it
+starts becomes zero-length, so its words keep their order); words are stably sorted by
 start; in ``precise`` mode an end past the next word's start is clamped to it. Text with
 no word left is rejected (``no_words``); words with no valid time left are rejected
 (``no_valid_timestamps``); fewer than ``min_words`` is ``too_few_words``.
@@ -115,8 +116,8 @@ class CaptionParse(Stage):
             raw = parse_caption_words(text, fmt, self.config.mode, kind=row.get("caption_kind"))
         except Exception as exc:  # noqa: BLE001 - name the file in every per-item error
             what = f" ({declared})" if declared else ""
-            kind = "" if isinstance(exc, CaptionError) else f"{type(exc).__name__}: "
-            raise CaptionError(f"caption {path}{what}: {kind}{exc}") from exc
+            prefix = "" if isinstance(exc, CaptionError) else f"{type(exc).__name__}: "
+            raise CaptionError(f"caption {path}{what}: {prefix}{exc}") from exc
         if not raw:
             return [Rejected(row, "no_words", f"{fmt} caption has no spoken words "
                                               f"(only annotations such as [Music], or empty)")]
@@ -129,7 +130,7 @@ class CaptionParse(Stage):
         if len(words) < self.config.min_words:
             return [Rejected(row, "too_few_words",
                              f"{len(words)} word(s) < min_words={self.config.min_words}: "
-                             + " ".join(w["text"] for w in words))]
+                             + " ".join(w["text"] for w in words[:20]))]
         return [{**row, "words": words, "transcript_source": "cc"}]
 
 
@@ -145,6 +146,9 @@ def _read_bytes(path: str, max_bytes: int) -> bytes:
 
 
 # -- pure functions: text in, plain data out ------------------------------------------------
+
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0e-\x1f]")  # C0 controls but tab, newlines, form feed
+
 
 def decode_caption(data: bytes) -> str:
     """Decode caption bytes to text.
@@ -169,7 +173,7 @@ def decode_caption(data: bytes) -> str:
         tied = [m for m in matches if m.chaos <= best.chaos + 1e-3]
         western = [m for m in tied if "cp1252" in m.could_be_from_charset]
         text = str((western or [best])[0])
-    controls = sum(1 for c in text if ord(c) < 32 and c not in "\t\n\r\f")
+    controls = len(_CONTROL_CHARS.findall(text))
     if "\x00" in text or controls > 0.01 * len(text):
         raise CaptionError(f"not text: {controls} control characters in {len(text)} "
                            f"(binary data)")
@@ -472,7 +476,10 @@ def is_rolling(cues_plain_lines: list[list[str]]) -> bool:
     return pairs >= 2 and hits >= 0.5 * pairs
 
 
-_SPEAKER_LABEL = re.compile(r"^\s*(?:>>\s*|-\s*)?([A-Z][A-Z0-9'’.&-]*(?:\s+[A-Z][A-Z0-9'’.&-]*){0,3})\s*:(?=\s|$)")
+_SPEAKER_LABEL = re.compile(r"""
+    ^\s*(?:>>\s*|-\s*)?                                   # optional speaker-change mark or dash
+    ([A-Z][A-Z0-9'’.&-]*(?:\s+[A-Z][A-Z0-9'’.&-]*){0,3})    # up to four all-caps words
+    \s*:(?=\s|$)""", re.VERBOSE)
 
 
 def strip_speaker_label(line: str) -> str:
