@@ -30,51 +30,56 @@ REPEATS = 100   # clippings per timed round
 ROUNDS = 5      # best round counts (the machine is shared)
 
 
-# -- baseline: showlab/livecc data/production/pretrain_to_clips.py, clip4pretrain (as written) --
+# -- baseline: the loop of clip4pretrain in showlab/livecc data/production/pretrain_to_clips.py,
+# re-typed with the same operations (generator join for the context, list words) --
 def reference_clip4pretrain(datum: dict, args):
-    words, title = datum['content'], datum['title']
+    words, title = datum["content"], datum["title"]
     clips, contexts, i = [], [], 0
     while i < len(words):
         j = None
-        for j in range(i+1, len(words)):
+        for j in range(i + 1, len(words)):
             if words[j][1] - words[i][1] > args.max_clip_sec:
                 break
-            if words[j][1] - words[j-1][1] > args.max_empty_sec:
+            if words[j][1] - words[j - 1][1] > args.max_empty_sec:
                 break
-        if j is not None and j > i and words[j-1][1] - words[i][1] >= args.min_clip_sec:
+        if j is not None and j > i and words[j - 1][1] - words[i][1] >= args.min_clip_sec:
             clips.append(words[i:j])
-            contexts.append(' '.join(word[2] for word in words[:i]))
+            contexts.append(" ".join(word[2] for word in words[:i]))
         if j is not None:
             i = j
         else:
             break
-    return [{'video': datum['video'], 'content': clip, 'previous': context, 'title': title, 'category': datum['category']} for clip, context in zip(clips, contexts)]
+    return [{"video": datum["video"], "content": clip, "previous": context, "title": title,
+             "category": datum["category"]} for clip, context in zip(clips, contexts)]
 
 
-# -- baseline: showlab/livecc data/production/sft_to_clips.py, clipping (as written, except that
-# it receives the parsed datum instead of the JSON line, so json.loads is not timed) --
-def reference_sft_clipping(datum: dict, min_clip_sec: int = 30, max_clip_sec: int = 240, max_silence_sec: int = 3):
-    words, title = datum['content'], datum['title']
+# -- baseline: clipping() in showlab/livecc data/production/sft_to_clips.py, re-typed with the
+# same operations, except that it receives the parsed datum instead of a JSON line, so
+# json.loads is not timed --
+def reference_sft_clipping(datum: dict, min_clip_sec=30, max_clip_sec=240, max_silence_sec=3):
+    words, title = datum["content"], datum["title"]
     clips, preasrs, i = [], [], 0
     while i < len(words):
-        can_be_start = (i == 0) or ((any(words[i-1][-1].endswith(e) for e in ['.', '?', '!'])) and words[i][-1].isupper())
+        can_be_start = (i == 0) or (any(words[i - 1][-1].endswith(e) for e in [".", "?", "!"])
+                                    and words[i][-1].isupper())
         if not can_be_start:
             i += 1
             continue
         j = None
-        for j in range(i+1, len(words)):
+        for j in range(i + 1, len(words)):
             if words[j][0] - words[i][0] > max_clip_sec:
                 break
-            if words[j][0] - words[j-1][0] > max_silence_sec:
+            if words[j][0] - words[j - 1][0] > max_silence_sec:
                 break
-        if j is not None and j > i and words[j-1][0] - words[i][0] >= min_clip_sec:
+        if j is not None and j > i and words[j - 1][0] - words[i][0] >= min_clip_sec:
             clips.append(words[i:j])
-            preasrs.append(' '.join(word[2].strip() for word in words[:i]))
+            preasrs.append(" ".join(word[2].strip() for word in words[:i]))
         if j is not None:
             i = j
         else:
             break
-    return [{'video': datum['video'], 'content': clip, 'preasr': preasr, 'title': title, 'category': datum['category']} for clip, preasr in zip(clips, preasrs)]
+    return [{"video": datum["video"], "content": clip, "preasr": preasr, "title": title,
+             "category": datum["category"]} for clip, preasr in zip(clips, preasrs)]
 
 
 def load_json3_words(path: Path) -> list[dict]:
@@ -87,8 +92,11 @@ def load_json3_words(path: Path) -> list[dict]:
             if text:
                 raw.append((t0 + seg.get("tOffsetMs", 0), cap, text))
     raw.sort(key=lambda r: r[0])
-    return [{"start": s / 1000, "end": max(s, min(raw[k + 1][0] if k + 1 < len(raw) else cap, cap)) / 1000, "text": t}
-            for k, (s, cap, t) in enumerate(raw)]
+    words = []
+    for k, (start, cap, text) in enumerate(raw):
+        nxt = raw[k + 1][0] if k + 1 < len(raw) else cap
+        words.append({"start": start / 1000, "end": max(start, min(nxt, cap)) / 1000, "text": text})
+    return words
 
 
 def best_seconds(fn) -> float:

@@ -19,13 +19,12 @@ Two modes, chosen per stage by ``mode``:
 
 ``compat`` reproduces the reference scripts exactly, quirks included:
 
-* Bounds are measured from the first word's *end* (pre-training) or *start* (SFT) to the last
-  word's end (start), not over the clip's span, so ``end - start`` can exceed 240 s by the
-  first word's duration (pre-training) or the last word's duration (SFT), and can fall
-  below 30 s by the same amounts.
+* Bounds are measured between word ends (pre-training) or word starts (SFT), not over the
+  clip's span, so ``end - start`` is never below 30 s but can exceed 240 s by the first
+  word's duration (pre-training) or the last word's duration (SFT).
 * When the scan reaches the last word without a break, the reference's ``for j in range``
   leaves ``j`` at the last index, so the clip stops *before* the last word, and the last
-  word can never start a clip: the final word of a video is always lost.
+  word can never start a clip: the final word of a video is never in a clip.
 * SFT sentence start: word 0, or the previous text ends with ``.``, ``?`` or ``!`` (no
   stripping) and ``text.isupper()`` holds for the whole word -- so "I" and "OK" start a
   sentence, "The" does not.
@@ -280,7 +279,11 @@ def check_words(words: list[dict[str, Any]]) -> None:
             raise ValueError(f"words[{k}] is not a {{start, end, text}} record: {w!r:.80}") from None
         if not isinstance(t, str):
             raise ValueError(f"words[{k}].text is {type(t).__name__}, not str")
-        if not (isfinite(s) and isfinite(e) and s <= e):
+        try:
+            good = isfinite(s) and isfinite(e) and s <= e
+        except TypeError:
+            good = False
+        if not good:
             raise ValueError(f"words[{k}] has bad times start={s!r} end={e!r} (need finite, start <= end)")
         if s < prev:
             raise ValueError(f"words[{k}] starts at {s} s, before words[{k - 1}] ({prev} s): words must be sorted")
@@ -365,7 +368,7 @@ def _pretrain_spans_precise(starts, ends, mn, mx, gap):
                 break
             prev = ej
         else:
-            j = n - 1
+            j = n  # reached the end: keep the last word
         if mn <= ends[j - 1] - si <= mx:
             spans.append((i, j))
         i = j
