@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
-               "PREFECT_LOGGING_EXTRA_LOGGERS": "livecc"}.items():
+               "PREFECT_LOGGING_EXTRA_LOGGERS": "livecc",
+               # a loaded 2-core machine needs more than the default to start the ephemeral server
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}.items():
     os.environ.setdefault(_k, _v)
 
 app = typer.Typer(help="livecc-pipeline: build streaming video-LLM corpora from YouTube videos and captions "

@@ -312,7 +312,9 @@ def ensure_ray(cfg: BuildConfig) -> None:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False, **kwargs)
+        # a local instance listens on loopback only
+        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", **kwargs)
 
 
 def shutdown_ray() -> None:
