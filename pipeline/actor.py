@@ -12,12 +12,14 @@ from pipeline.worker import execute_part
 
 class StageWorker:
     def __init__(self) -> None:
-        self._stages: dict[tuple[str, str], Stage] = {}
+        self._stages: dict[tuple[str, ...], Stage] = {}
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     def _stage(self, spec: dict[str, Any]) -> Stage:
         cls: type[Stage] = spec["stage_cls"]
-        key = (f"{cls.__module__}.{cls.__qualname__}", spec["config_hash"])
+        ctx = spec["context"]
+        # the same stage and config may run for several builds (roots) in one session
+        key = (f"{cls.__module__}.{cls.__qualname__}", spec["config_hash"], ctx.storage.url, ctx.corpus)
         stage = self._stages.get(key)
         if stage is None:
             stage = cls(cls.Config.model_validate(spec["config"]), spec["context"])

@@ -149,7 +149,7 @@ def test_changed_config_marks_stage_and_downstream_stale(tmp_path):
     assert set(changed.part_states(0).values()) == {DONE}          # count=10 is the default: same hash
     assert set(changed.part_states(1).values()) == {STALE}
     upstream_changed = make(tmp_path, numbers={"count": 9})
-    assert set(upstream_changed.part_states(0).values()) == {PENDING}  # a new plan: new parts
+    assert set(upstream_changed.part_states(0).values()) == {STALE}  # a new plan over old entries
     assert upstream_changed.part_states(1) == {}                       # nothing upstream is done yet
     # a re-run of the upstream part with identical output keeps downstream done
     pipe.run_stage("numbers", parts=[0], progress=False)
