@@ -32,7 +32,8 @@ app.add_typer(stage_app, name="stage")
 app.add_typer(inspect_app, name="inspect")
 app.add_typer(config_app, name="config")
 console = Console(stderr=True)
-out = Console()
+# piped output (logs, CI, scripts) gets full-width tables instead of rich's 80-column default
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 ConfigArg = typer.Argument(..., help="Build config YAML (see configs/ and the README's 'Config file').",
                            exists=True, dir_okay=False)

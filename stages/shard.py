@@ -167,9 +167,9 @@ class Shard(Stage):
         """Members of one clip's sample and its JSONL line (UTF-8, newline-terminated)."""
         key = row_key(row)
         media_path = row.get("media_path")
-        video = self._media_url(media_path) if media_path else row.get("url")
-        if not video:
-            raise ValueError(f"clip {key!r} has neither media_path nor url: nothing to reference")
+        # caption-only corpora may have neither media nor a URL: the video id is then the
+        # reference, and the consumer maps ids to media (as the reference's `video` paths do)
+        video = self._media_url(media_path) if media_path else (row.get("url") or row["video_id"])
         with_mp4 = bool(self.config.include_mp4 and media_path)
         record = sample_json(row, video, with_mp4)
         members = {"json": json.dumps(record, ensure_ascii=False).encode("utf-8")}

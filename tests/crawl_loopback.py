@@ -8,7 +8,8 @@ and consumed one per request, so a test says exactly which request fails and how
   (``429`` carries ``Retry-After: 0``);
 * ``"slow:<s>"`` -- wait ``s`` seconds, then serve normally;
 * ``"truncate"`` -- announce the full length, send half of the body, close the connection;
-* ``"drop"`` -- close the connection without any response.
+* ``"drop"`` -- close the connection without any response;
+* ``"ok"`` -- serve normally (to aim a later fault at a later request).
 
 ``latency_s`` delays every response (a realistic round trip for the throughput bench);
 ``bandwidth_bps`` paces bodies so that a client which stops reading (ffmpeg seeking)
@@ -92,7 +93,7 @@ class Loopback:
     def __enter__(self) -> "Loopback":
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="loopback").start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="loopback").start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -123,6 +124,8 @@ def _make_handler(srv: Loopback):
                 fault = srv.faults[path].popleft() if srv.faults.get(path) else None
             if srv.latency_s:
                 time.sleep(srv.latency_s)
+            if fault == "ok":
+                fault = None
             if fault and fault.startswith("slow:"):
                 time.sleep(float(fault.split(":", 1)[1]))
                 fault = None
@@ -269,3 +272,16 @@ def rewrite_info(info: dict[str, Any], srv: Loopback, *, video_id: str | None = 
 def serve_info(srv: Loopback, info: dict[str, Any]) -> str:
     """Serve an info dict at ``/info/<id>.info.json``; returns its URL."""
     return srv.add_bytes(f"/info/{info['id']}.info.json", json.dumps(info).encode(), "application/json")
+
+
+def fixture_video(srv: Loopback, base_info: dict[str, Any], video_id: str, **rewrite) -> dict[str, Any]:
+    """Rewrite a real info dict for ``video_id`` (see :func:`rewrite_info`) and serve it."""
+    info = rewrite_info(base_info, srv, video_id=video_id, **rewrite)
+    serve_info(srv, info)
+    return info
+
+
+def make_ids(n: int, prefix: str = "lb") -> list[str]:
+    """``n`` distinct valid 11-character ids (``lb000000001`` ...)."""
+    return [f"{prefix}{i:0{11 - len(prefix)}d}" for i in range(1, n + 1)]
+

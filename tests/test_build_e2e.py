@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -68,7 +69,7 @@ def built(tmp_path_factory, env):
 def read_parts(folder: Path) -> list[dict]:
     rows = []
     for p in sorted(folder.glob("part-*.parquet")):
-        rows += pa.parquet.read_table(p).to_pylist()
+        rows += pq.read_table(p).to_pylist()
     return rows
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -117,7 +118,7 @@ def test_parts_outputs_rejected_errors_and_manifest(tmp_path):
     err = st.read_table("toy/numbers/_errors/part-00001.parquet").to_pylist()
     assert err == [{"stage": "numbers", "part": 1, "item_key": "k007", "error_type": "ValueError",
                     "message": "unsafe id for item 7"}]
-    meta = pa.parquet.read_schema(st.full("toy/square/part-00000.parquet")).metadata
+    meta = pq.read_schema(st.full("toy/square/part-00000.parquet")).metadata
     assert meta[b"livecc.schema_version"] == schemas.SCHEMA_VERSION.encode()
     m = load_manifest(st, "toy/square", "square")
     assert m.entry(2).counts == {"input": 2, "kept": 0, "rejected": 2, "errors": 0}
