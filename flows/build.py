@@ -18,6 +18,28 @@ from pipeline.executor import Pipeline
 from pipeline.report import build_report
 
 
+def prepare_services(pipe: Pipeline) -> None:
+    """Start Prefect's ephemeral server (when no ``PREFECT_API_URL`` is set) in a thread while
+    Ray starts, and the first stage's actors spawn, in this one: both take seconds, and one
+    after the other they dominate a small build."""
+    import os
+    import threading
+
+    from pipeline.executor import ensure_ray, warm_pool
+
+    thread = None
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.server.api.server import SubprocessASGIServer
+
+        timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+        thread = threading.Thread(target=SubprocessASGIServer().start, kwargs={"timeout": timeout}, daemon=True)
+        thread.start()
+    ensure_ray(pipe.cfg)
+    warm_pool(pipe, pipe.stages[0])
+    if thread is not None:
+        thread.join()
+
+
 def open_pipeline(config_path: str, overrides: list[str] | None = None) -> Pipeline:
     cfg = load_config(config_path, overrides)
     return Pipeline(cfg, flow_stages(cfg.flow))

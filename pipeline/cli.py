@@ -113,8 +113,9 @@ def build(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
         out.print(f"Nothing to do: all {len(pipe.stages)} stages of {pipe.cfg.corpus!r} are up to date.")
         _print_outputs(pipe)
         return
-    from flows.build import build_corpus
+    from flows.build import build_corpus, prepare_services
 
+    prepare_services(pipe)
     results = build_corpus(str(config), set_ or [], force=force, progress=progress)
     failed = {r["stage"]: r["failed"] for r in results if r["failed"]}
     t = Table(title=f"corpus {pipe.cfg.corpus!r}")
@@ -147,8 +148,9 @@ def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc sta
     except KeyError as exc:
         console.print(f"[red]error:[/red] {exc.args[0]}")
         raise typer.Exit(2)
-    from flows.build import rerun_stage
+    from flows.build import prepare_services, rerun_stage
 
+    prepare_services(pipe)
     r = rerun_stage(str(config), stage, set_ or [], parts=_parse_parts(parts), force=force, progress=progress)
     c = r["counts"]
     out.print(f"{stage}: ran parts [{_ranges(sorted(r['ran']))}], skipped {r['skipped']}, failed {len(r['failed'])}; "

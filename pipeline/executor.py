@@ -317,6 +317,12 @@ def ensure_ray(cfg: BuildConfig) -> None:
                  _node_ip_address="127.0.0.1", **kwargs)
 
 
+def warm_pool(pipe: "Pipeline", stage: type[Stage]) -> None:
+    """Ask Ray for a stage's actors now; they start while the caller does other work."""
+    res = pipe.configs[stage.name].resources or stage.resources
+    _pool(res, _capacity(res, 1 << 30))
+
+
 def shutdown_ray() -> None:
     import ray
 

@@ -1,0 +1,123 @@
+"""End-to-end build of a caption-only archive of 2,000 videos (the real caption fixtures repeated
+under new ids) with `livecc build` (Prefect flow, Ray on this machine's cores) against a plain
+single-process loop over the same stage functions, in the same run. Then the time of a re-run
+with nothing to do.
+
+Targets (issue 2): build >= 1.5x the loop on 2 cores; a no-op re-run under 5 s.
+
+    python bench/bench_build.py [--videos 2000] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+FIXTURES = Path(os.environ.get("LIVECC_FIXTURES", REPO.parent / "shared" / "fixtures")).resolve()
+CAPTIONS = [
+    ("en.json3", "captions/ytenglishhub_english_lesson_asr.en.json3"),
+    ("en.vtt", "captions/videogrep_manifesto_auto.en.vtt"),
+    ("en.vtt", "captions/longson_jackaskew_N0gZFvpxNhQ_manual.en.vtt"),
+    ("en.srt", "captions/ytenglishhub_cookiemonster_Ye8mB6VsUHw_manual.en.srt"),
+    ("en.srt", "captions/videogrep_manifesto.en.srt"),
+    ("en.vtt", "captions/subtest2_birthday_party_auto.en.vtt"),
+    ("en.vtt", "captions/vtttojson_meow_auto.en.vtt"),
+    ("en.vtt", "captions/subtest2_short_music_only_auto.en.vtt"),
+]
+
+
+def make_archive(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        suffix, rel = CAPTIONS[i % len(CAPTIONS)]
+        dst = folder / f"bench{i:06d}.{suffix}"
+        if not dst.exists():
+            os.symlink(FIXTURES / rel, dst)
+
+
+def loop_baseline(archive: Path, out: Path) -> tuple[float, int]:
+    """The same stage classes and settings, called in a plain loop in this process."""
+    from flows.pretrain import STAGES
+    from pipeline.config import load_config
+    from pipeline.executor import Pipeline
+    from pipeline.stage import Rejected
+
+    cfg_path = write_config(out.parent / "loop.yaml", archive, out)
+    pipe = Pipeline(load_config(cfg_path), STAGES)
+    stages = [pipe.instantiate(s) for s in pipe.stages]
+    for s in stages:
+        s.setup()
+    t0 = time.perf_counter()
+    items = list(stages[0].plan())
+    rows = items
+    for s in stages[:-1]:
+        nxt = []
+        for row in rows:
+            try:
+                nxt += [r for r in s.process(row) if not isinstance(r, Rejected)]
+            except Exception:  # noqa: BLE001 - errors are dropped, as the build records them
+                pass
+        rows = nxt
+    shard = stages[-1]
+    shard.context.part = 0
+    results = shard.process_part(rows)
+    import schemas.seek_index as si
+    from pipeline.storage import part_name
+    table_rows = [r for res in results if not isinstance(res, BaseException) for r in res]
+    pipe.storage.write_table(f"{shard.context.stage_dir}/{part_name(0)}", __import__("schemas").rows_to_table(table_rows, si.SEEK_INDEX))
+    shard.finalize([0])
+    return time.perf_counter() - t0, len(rows)
+
+
+def write_config(path: Path, archive: Path, root: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "corpus": "bench", "flow": "pretrain", "root": str(root), "part_size": 50,
+        "stages": {"ingest": {"path": str(archive), "probe_media": False}, "shard": {"include_mp4": False}},
+    }))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--videos", type=int, default=2000)
+    ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp dir)")
+    args = ap.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench_build_"))
+    archive = work / "archive"
+    make_archive(archive, args.videos)
+
+    loop_s, n_clips = loop_baseline(archive, work / "loop_root")
+
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+           "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_HOME": str(work / "prefect")}
+    env.pop("RAY_ADDRESS", None)
+    cfg = write_config(work / "build.yaml", archive, work / "root")
+    cmd = [sys.executable, "-m", "pipeline.cli", "build", str(cfg), "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    build_s = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"livecc build failed:\n{proc.stderr[-3000:]}")
+    t0 = time.perf_counter()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    noop_s = time.perf_counter() - t0
+    if "Nothing to do" not in again.stdout:
+        sys.exit(f"the re-run did work:\n{again.stdout[-2000:]}")
+    cores = os.cpu_count()
+    print(f"bench e2e_build: ratio={loop_s / build_s:.2f} target=1.5 (livecc build {build_s:.1f} s incl. local Ray "
+          f"and Prefect start, single-process loop {loop_s:.1f} s; {args.videos} caption-only videos, "
+          f"{n_clips} clips, {cores} cores)")
+    print(f"bench e2e_noop_rerun: ratio={5.0 / noop_s:.2f} target=1.0 (re-run with nothing to do took {noop_s:.2f} s; "
+          f"target under 5 s)")
+
+
+if __name__ == "__main__":
+    main()
