@@ -28,9 +28,11 @@ import math
 import os
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import BinaryIO, Sequence
+from typing import Sequence
 
+import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 #: Pixels per side of one merged 2x2 patch of 14-pixel patches: sizes are multiples of this.
 IMAGE_FACTOR = 28
@@ -94,7 +96,9 @@ def visual_tokens(nframes: int, height: int, width: int) -> int:
     return math.ceil(nframes / FRAME_FACTOR) * (height // IMAGE_FACTOR) * (width // IMAGE_FACTOR)
 
 
-def smart_resize(height: int, width: int, *, factor: int = IMAGE_FACTOR, min_pixels: float, max_pixels: float) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, *, factor: int = IMAGE_FACTOR, min_pixels: float, max_pixels: float
+) -> tuple[int, int]:
     """Qwen2-VL's resize rule: both sides multiples of ``factor``, area within [min, max] pixels,
     aspect ratio kept as closely as possible.
 
@@ -119,26 +123,29 @@ def smart_resize(height: int, width: int, *, factor: int = IMAGE_FACTOR, min_pix
     return h_bar, w_bar
 
 
-def strict_fps_indices(pts: Sequence[Fraction | float], fps: float, max_frames: int) -> list[int]:
-    """Indices into the sorted frame timestamps ``pts`` (seconds) for strict ``fps`` sampling.
+def strict_fps_indices(
+    pts: Sequence[int | Fraction], fps: float, max_frames: int, time_base: Fraction = Fraction(1)
+) -> list[int]:
+    """Indices into the sorted frame timestamps ``pts`` for strict ``fps`` sampling.
 
-    Returns an even-length list (the last index repeated when needed), at most ``max_frames``
-    rounded up to even, possibly with repeats where the source has gaps. Empty input -> [].
+    ``pts`` are in units of ``time_base`` seconds (stream ticks, or seconds as ``Fraction`` with the
+    default time base); integer ticks keep the arithmetic exact and fast. Returns an even-length
+    list (the last index repeated when needed), at most ``max_frames`` rounded up to even,
+    possibly with repeats where the source has gaps. Empty input -> [].
     """
     if not pts:
         return []
-    step = Fraction(fps).limit_denominator(1000) ** -1
-    first, last = Fraction(pts[0]), Fraction(pts[-1])
-    wanted = []
-    k = 0
-    while len(wanted) < max_frames and first + k * step <= last:
-        wanted.append(first + k * step)
-        k += 1
-    indices, i = [], 0
-    for t in wanted:
-        while Fraction(pts[i]) < t:  # first frame at or after t; exists because t <= last
+    # step between wanted times, in ticks, as num/den: compare pts*den with first*den + k*num
+    step = 1 / (Fraction(fps).limit_denominator(1000) * Fraction(time_base))
+    num, den = step.numerator, step.denominator
+    first, last = pts[0] * den, pts[-1] * den
+    indices, i, k = [], 0, 0
+    while len(indices) < max_frames and first + k * num <= last:
+        t = first + k * num
+        while pts[i] * den < t:  # first frame at or after the wanted time; exists because t <= last
             i += 1
         indices.append(i)
+        k += 1
     while len(indices) % FRAME_FACTOR:
         indices.append(indices[-1])
     return indices
@@ -181,14 +188,10 @@ class DecodedVideo:
         return visual_tokens(*self.frames.shape[:3])
 
 
-VideoSource = "bytes | str | os.PathLike | BinaryIO"
-
-
-def _open(source) -> "av.container.InputContainer":  # noqa: F821
-    import av
-
+def _open(source) -> tuple[av.container.InputContainer, object | None]:
+    """(container, the file handle to close after it, if we opened one)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return av.open(io.BytesIO(bytes(source)), mode="r")
+        return av.open(io.BytesIO(bytes(source)), mode="r"), None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if path.startswith("file://"):
@@ -196,11 +199,16 @@ def _open(source) -> "av.container.InputContainer":  # noqa: F821
         if "://" not in path:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"video not found: {path}")
-            return av.open(path, mode="r")
+            return av.open(path, mode="r"), None
         import fsspec  # remote media: read through fsspec (s3://, gs://, hf://, http(s)://)
 
-        return av.open(fsspec.open(path, "rb").open(), mode="r")
-    return av.open(source, mode="r")
+        handle = fsspec.open(path, "rb").open()   # PyAV does not close file objects it is given
+        try:
+            return av.open(handle, mode="r"), handle
+        except BaseException:
+            handle.close()
+            raise
+    return av.open(source, mode="r"), None
 
 
 def decode_video(
@@ -212,51 +220,53 @@ def decode_video(
     budget: VideoBudget | None = None,
     sampling: str = "strict",
     nframes: int | None = None,
+    threads: int = 1,
 ) -> DecodedVideo:
     """Decode the frames of ``source`` inside ``[start_s, end_s]`` (media-clock seconds, inclusive).
 
     ``source``: mp4 bytes (a shard's ``mp4`` member), a local path, a ``file://`` path or an fsspec
     URL. ``offset_s``: media-clock time of the file's time 0 (the member's ``media.start``).
     ``sampling``: ``"strict"`` (2 FPS streaming rule, see module docstring) or ``"uniform"``
-    (qwen_vl_utils ``smart_nframes``; ``nframes`` overrides the count).
+    (qwen_vl_utils ``smart_nframes``; ``nframes`` overrides the count). ``threads``: decoder
+    threads; 1 by default because DataLoader workers already decode in parallel (frame threads
+    in every worker would oversubscribe the cores), 0 lets FFmpeg choose.
 
     Raises FileNotFoundError for missing media, ValueError for an empty range or a frame size
     Qwen2-VL refuses, and PyAV's errors (``av.error.InvalidDataError`` ...) for undecodable data.
     """
     budget = budget or VideoBudget.from_env()
-    container = _open(source)
+    container, handle = _open(source)
     try:
-        stream = container.streams.video[0] if container.streams.video else None
-        if stream is None:
+        if not container.streams.video:
             raise ValueError("media has no video stream")
-        stream.thread_type = "AUTO"
+        stream = container.streams.video[0]
+        if threads != 1:
+            stream.thread_type = "AUTO"
+            stream.thread_count = threads
         tb = stream.time_base
-        lo = None if start_s is None else Fraction(start_s - offset_s).limit_denominator(1_000_000) - Fraction(1, 10**6)
-        hi = None if end_s is None else Fraction(end_s - offset_s).limit_denominator(1_000_000) + Fraction(1, 10**6)
+        # range in stream ticks (integers), widened by 1 us against float rounding of the bounds
+        lo = None if start_s is None else math.floor((Fraction(start_s - offset_s) - Fraction(1, 10**6)) / tb)
+        hi = None if end_s is None else math.ceil((Fraction(end_s - offset_s) + Fraction(1, 10**6)) / tb)
 
-        def seek(t: Fraction | None) -> None:
-            if t is not None and t > 0:
-                container.seek(int(t / tb), stream=stream, backward=True, any_frame=False)
-            else:
-                container.seek(0, stream=stream, backward=True, any_frame=False)
+        def seek(ticks: int | None) -> None:
+            container.seek(max(ticks or 0, 0), stream=stream, backward=True, any_frame=False)
 
-        # Pass 1: demux only, to learn the timestamps of all frames in range (cheap: no decoding).
+        # Pass 1: demux only, to learn the timestamps of all frames in range (no decoding).
         seek(lo)
         pts_ticks = []
         for packet in container.demux(stream):
-            if packet.pts is None:
+            pts, dts = packet.pts, packet.dts
+            if pts is None:
                 continue
-            if hi is not None and packet.dts is not None and packet.dts * tb > hi:
-                break  # dts <= pts, and packets come in dts order: nothing later is in range
-            t = packet.pts * tb
-            if (lo is None or t >= lo) and (hi is None or t <= hi):
-                pts_ticks.append(packet.pts)
+            if hi is not None and dts is not None and dts > hi:
+                break  # dts <= pts and packets come in dts order: nothing later is in range
+            if (lo is None or pts >= lo) and (hi is None or pts <= hi):
+                pts_ticks.append(pts)
         pts_ticks.sort()
         if not pts_ticks:
             raise ValueError(f"no video frames in [{start_s}, {end_s}] s (file offset {offset_s} s)")
-        pts_frac = [p * tb for p in pts_ticks]
         if sampling == "strict":
-            chosen = strict_fps_indices(pts_frac, budget.fps, budget.max_frames)
+            chosen = strict_fps_indices(pts_ticks, budget.fps, budget.max_frames, time_base=tb)
         elif sampling == "uniform":
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             chosen = uniform_indices(len(pts_ticks), rate, budget, nframes)
@@ -271,18 +281,23 @@ def decode_video(
             wanted.setdefault(pts_ticks[idx], []).append(slot)
         last_wanted = max(wanted)
         frames = np.empty((len(chosen), height, width, 3), dtype=np.uint8)
-        seek(pts_frac[chosen[0]])
+        reformatter = VideoReformatter()  # one swscale context for all frames (per-frame setup is slow)
+        seek(pts_ticks[chosen[0]])
         for frame in container.decode(stream):
             slots = wanted.pop(frame.pts, None)
             if slots:
-                rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
+                rgb = reformatter.reformat(
+                    frame, width=width, height=height, format="rgb24", interpolation="BICUBIC"
+                ).to_ndarray()
                 for slot in slots:
                     frames[slot] = rgb
             if frame.pts is not None and frame.pts >= last_wanted:
                 break
         if wanted:
             raise ValueError(f"{len(wanted)} frames listed by the demuxer were not decoded (corrupt media?)")
-        pts_s = [float(pts_frac[i]) + offset_s for i in chosen]
+        pts_s = [float(pts_ticks[i] * tb) + offset_s for i in chosen]
         return DecodedVideo(frames=frames, pts_s=pts_s, source_size=(src_h, src_w))
     finally:
         container.close()
+        if handle is not None:
+            handle.close()
