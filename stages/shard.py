@@ -175,8 +175,12 @@ class Shard(Stage):
         members = {"json": json.dumps(record, ensure_ascii=False).encode("utf-8")}
         if with_mp4:
             offset = row.get("media_offset") or 0.0
-            members["mp4"] = cut_clip(self._media_url(media_path), row["start"] - offset, row["end"] - offset,
-                                      tolerance_s=self.config.range_tolerance_s)
+            members["mp4"], lead_s = cut_clip(self._media_url(media_path), row["start"] - offset, row["end"] - offset,
+                                              tolerance_s=self.config.range_tolerance_s, return_lead=True)
+            # the muxer's edit list starts at the first frame at or after the clip start: that
+            # frame, not the requested start, is the member's time 0
+            record["media"]["start"] = round(float(row["start"]) + lead_s, 6)
+            members["json"] = json.dumps(record, ensure_ascii=False).encode("utf-8")
         line = (json.dumps(record["conversation"], ensure_ascii=False) + "\n").encode("utf-8")
         return members, line
 
@@ -445,7 +449,8 @@ def _sizes(storage, folder: str) -> dict[str, int]:
     return {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in entries if e.get("type") == "file"}
 
 
-def cut_clip(media: str, start_s: float, end_s: float, tolerance_s: float = 1.0) -> bytes:
+def cut_clip(media: str, start_s: float, end_s: float, tolerance_s: float = 1.0,
+             return_lead: bool = False) -> bytes | tuple[bytes, float]:
     """The MP4 bytes of ``[start_s, end_s)`` of a media file, stream-copied (no re-encode).
 
     Times are seconds on the file's own clock (media clock minus ``media_offset``). The
@@ -474,7 +479,8 @@ def cut_clip(media: str, start_s: float, end_s: float, tolerance_s: float = 1.0)
             src.close()
         raise MediaCutError(f"{media}: unreadable media ({exc})") from None
     try:
-        return _remux(inp, media, start_s, end_s, tolerance_s)
+        data, lead_s = _remux(inp, media, start_s, end_s, tolerance_s)
+        return (data, lead_s) if return_lead else data
     except av.error.FFmpegError as exc:
         raise MediaCutError(f"{media}: cutting [{start_s:.3f}, {end_s:.3f}) s failed ({exc})") from None
     finally:
@@ -512,6 +518,7 @@ def _remux(inp, media: str, start_s: float, end_s: float, tolerance_s: float) ->
     inp.seek(max(0, plan[lead.index][1]), stream=lead, backward=True, any_frame=False)
     pending = set(plan)
     copied = 0
+    first_lead_pts = None   # earliest presentation time >= the clip start on the lead stream
     for pkt in inp.demux(streams):
         if pkt.dts is None:   # the demuxer's flush packet
             continue
@@ -530,6 +537,8 @@ def _remux(inp, media: str, start_s: float, end_s: float, tolerance_s: float) ->
             if not pending:
                 break
             continue
+        if pkt.stream is lead and pts >= shift and (first_lead_pts is None or pts < first_lead_pts):
+            first_lead_pts = pts
         # video pre-roll from the keyframe keeps negative timestamps: the edit list hides it
         pkt.pts = pts - shift
         pkt.dts = pkt.dts - shift
@@ -539,7 +548,10 @@ def _remux(inp, media: str, start_s: float, end_s: float, tolerance_s: float) ->
     out.close()
     if not copied:
         raise MediaCutError(f"{media}: no packets in [{start_s:.3f}, {end_s:.3f}) s")
-    return buf.getvalue()
+    lead_s = 0.0
+    if first_lead_pts is not None:
+        lead_s = max(0.0, float((first_lead_pts - plan[lead.index][1]) * lead.time_base))
+    return buf.getvalue(), lead_s
 
 
 __all__ = ["Shard", "ShardConfig", "MediaCutError", "cut_clip", "plan_shards", "shard_is_full", "tar_members",
