@@ -245,6 +245,26 @@ def inspect_talking_head(media: Path = typer.Argument(..., exists=True, dir_okay
     out.print(f"wrote {out_path}; talking_head_ratio={stats.get('talking_head_ratio')}")
 
 
+@app.command("build-and-train")
+def build_and_train_cmd(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
+                        stage: str = typer.Option("pretrain", help="Training stage: pretrain | sft."),
+                        output_dir: str = typer.Option("checkpoints/livecc", help="Checkpoint folder (resumes from it)."),
+                        train_config: Optional[str] = typer.Option(None, help="Training config YAML (default: train/configs/<stage>.yaml)."),
+                        train_set: Optional[list[str]] = typer.Option(None, "--train-set", help="Override a training config key: KEY=VALUE."),
+                        dry_run: bool = typer.Option(False, "--dry-run", help="Build, then print the torchrun command without training."),
+                        verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
+    """Bring a corpus up to date, then train on its shards (one Prefect flow)."""
+    _setup_logging(verbose)
+    pipe = _pipeline(config, set_)
+    from flows.build import prepare_services
+    from flows.train import build_and_train
+
+    prepare_services(pipe)
+    r = build_and_train(str(config), stage=stage, output_dir=output_dir, train_config=train_config,
+                        train_overrides=train_set or [], overrides=set_ or [], dry_run=dry_run)
+    out.print(f"trained on {r['shards']} -> {r['output_dir']}")
+
+
 @app.command("sample-archive")
 def sample_archive(out_dir: Path = typer.Argument(..., help="Folder to create (yt-dlp naming)."),
                    videos: int = typer.Option(3, min=1, help="How many sample videos."),

@@ -8,6 +8,15 @@ export PREFECT_HOME="${PREFECT_HOME:-$REPO/.prefect}"
 CONSTRAINTS="${LIVECC_CONSTRAINTS:-constraints/cpu.txt}"   # GPU machines: constraints/gpu.txt
 EXTRAS="${LIVECC_EXTRAS:-test,whisper,train}"
 PY="${PYTHON:-python3}"
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing ffmpeg (apt-get)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+  else
+    echo "error: ffmpeg and ffprobe are needed on the PATH (Debian/Ubuntu: sudo apt-get install ffmpeg)" >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv" >&2
   "$PY" -m venv .venv

@@ -48,6 +48,7 @@ class LocalIngestConfig(StageConfig):
     languages: list[str] = Field(["en"], description="caption languages accepted (prefix match: en matches en-US)")
     caption_formats: list[Literal["json3", "srv3", "vtt", "srt"]] = list(CAPTION_FORMATS)
     prefer: Literal["manual", "auto"] = "manual"
+    require_captions: bool = Field(True, description="False for corpora that re-transcribe (SFT): media alone is enough")
     probe_media: bool = True
     ffprobe_timeout_s: float = Field(60, gt=0)
 
@@ -85,6 +86,12 @@ class LocalIngest(Stage):
         if item.get("media") and cfg.probe_media:
             row.update(probe_media(item["media"], cfg.ffprobe_timeout_s))
         caption = choose_caption(item.get("captions", []), info, cfg.languages, cfg.caption_formats, cfg.prefer)
+        if caption is None and not cfg.require_captions:
+            if row.get("media_path"):
+                yield row
+            else:
+                yield Rejected(row, "no_media", "no media file (or probe_media is off) and captions are not used")
+            return
         if caption is None:
             langs = sorted({c["lang"] for c in item.get("captions", [])})
             yield Rejected(row, "no_caption", f"no {'/'.join(cfg.languages)} caption in {cfg.caption_formats}"

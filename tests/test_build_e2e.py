@@ -216,3 +216,28 @@ def test_stage_run_on_chosen_parts_and_status_shows_it(built, env):
     assert len(rows["wps_filter"]["parts"]["stale"]) == n_parts - 1
     table = livecc("status", str(changed), env=env).stdout
     assert "wps_filter" in table and "stale" in table
+
+
+def test_prefect_flow_trains_on_the_built_shards(built, env, tmp_path):
+    """`livecc build-and-train`: the build is brought up to date, then torchrun trains a tiny,
+    randomly initialised Qwen2-VL for two steps on the shards `livecc build` produced."""
+    from train.tiny import tiny_model, tiny_processor
+
+    model_dir = tmp_path / "tiny-qwen2vl"
+    processor = tiny_processor(["the quick brown fox", "Please narrate the video."])
+    tiny_model(processor.tokenizer).save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    train_cfg = tmp_path / "train.yaml"
+    train_cfg.write_text(yaml.safe_dump({
+        "stage": "pretrain", "model_name_or_path": str(model_dir), "processor_name_or_path": str(model_dir),
+        "max_steps": 2, "effective_batch_size": 1, "logging_steps": 1, "save_steps": 2, "bf16": False, "tf32": False,
+        "deepspeed": None, "use_liger_kernel": False, "dataloader_num_workers": 0, "report_to": [],
+        "video": {"min_pixels": 16 * 28 * 28, "max_frames": 480, "total_pixels": 16 * 28 * 28 * 30},
+    }))
+    out = tmp_path / "ckpt"
+    proc = livecc("build-and-train", str(built["config"]), "--train-config", str(train_cfg),
+                  "--output-dir", str(out), env={**env, "OMP_NUM_THREADS": "1"})
+    assert "trained on" in proc.stdout
+    state = json.loads(next(out.rglob("trainer_state.json")).read_text())
+    assert state["global_step"] == 2
+    assert all(h["loss"] == h["loss"] and h["loss"] > 0 for h in state["log_history"] if "loss" in h)

@@ -1,0 +1,25 @@
+"""The SFT corpus (the paper's Live-WhisperX-526K recipe, DESIGN.md section 5):
+ingest -> category select -> transcribe (Whisper) -> SFT clip (sentence starts) -> wps filter
+-> talking-head filter (face detection + Light-ASD) -> shard.
+
+LM-loss filtering and prompt (query) generation go between the talking-head filter and the
+shard stage once they exist: one line each below.
+"""
+from stages.category_select import CategorySelect
+from stages.clip import SftClip, WpsFilter
+from stages.ingest import LocalIngest
+from stages.shard import Shard
+from stages.talking_head import TalkingHead
+from stages.transcribe import Transcribe
+
+STAGES = [
+    LocalIngest,
+    CategorySelect,
+    Transcribe,
+    SftClip,
+    WpsFilter,
+    TalkingHead,
+    # LmLossFilter,      (later: Qwen2-1.5B-Instruct LM loss, keep 1.5 <= loss <= 5)
+    # PromptGeneration,  (later: GPT-4o queries)
+    Shard,
+]
