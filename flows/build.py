@@ -91,3 +91,16 @@ def rerun_stage(config_path: str, stage_name: str, overrides: list[str] | None =
     finally:
         from pipeline.executor import shutdown_ray
         shutdown_ray()
+
+
+def deployment(config_path: str, cron: str, name: str | None = None, overrides: list[str] | None = None):
+    """A Prefect deployment of :func:`build_corpus` on a cron schedule (e.g. ``"0 3 * * *"``:
+    daily at 03:00). Each scheduled run resumes the corpus: only new or stale parts do work."""
+    import os
+
+    pipe = open_pipeline(config_path, overrides)
+    return build_corpus.to_deployment(
+        name=name or f"{pipe.cfg.corpus}-build", cron=cron,
+        parameters={"config_path": os.path.abspath(config_path), "overrides": overrides or []},
+        description=f"Scheduled build of corpus {pipe.cfg.corpus!r} at {pipe.cfg.root}",
+        tags=["livecc", pipe.cfg.flow])

@@ -31,7 +31,7 @@ config_app = typer.Typer(help="Show the resolved config (every default filled in
 app.add_typer(stage_app, name="stage")
 app.add_typer(inspect_app, name="inspect")
 app.add_typer(config_app, name="config")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 # piped output (logs, CI, scripts) gets full-width tables instead of rich's 80-column default
 out = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -243,6 +243,24 @@ def inspect_talking_head(media: Path = typer.Argument(..., exists=True, dir_okay
         end = probe_media(str(media))["duration"]
     stats = render(str(media), start, end, str(out_path), cfg)
     out.print(f"wrote {out_path}; talking_head_ratio={stats.get('talking_head_ratio')}")
+
+
+@app.command()
+def serve(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
+          cron: str = typer.Option(..., help="Cron schedule, e.g. '0 3 * * *' (daily at 03:00)."),
+          name: Optional[str] = typer.Option(None, help="Deployment name (default: <corpus>-build).")) -> None:
+    """Serve a scheduled corpus build: a Prefect deployment whose runs resume the corpus.
+
+    Runs until stopped (Ctrl-C). Point PREFECT_API_URL at a Prefect server to see and trigger
+    runs in its UI; for work pools and containers see infra/prefect/prefect.yaml.
+    """
+    _setup_logging()
+    _pipeline(config, set_)
+    from prefect import serve as prefect_serve
+
+    from flows.build import deployment
+
+    prefect_serve(deployment(str(config), cron, name, set_ or []))
 
 
 @app.command("build-and-train")

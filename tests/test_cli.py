@@ -1,0 +1,54 @@
+"""The CLI as a user meets it: --help on every command, config show, config errors, deployments."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args", [[], ["build"], ["stage", "run"], ["stage", "list"], ["status"], ["inspect", "shards"],
+                                  ["inspect", "talking-head"], ["config", "show"], ["serve"], ["build-and-train"],
+                                  ["sample-archive"], ["train", "pretrain"]])
+def test_every_command_explains_itself(args):
+    res = runner.invoke(app, args + ["--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage" in res.output and len(res.output) > 200
+
+
+def _config(tmp_path, **stages):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"corpus": "c", "flow": "pretrain", "root": "root",
+                                    "stages": {"ingest": {"path": "archive"}, **stages}}))
+    return path
+
+
+def test_config_show_fills_every_default_and_resolves_paths(tmp_path):
+    res = runner.invoke(app, ["config", "show", str(_config(tmp_path))])
+    assert res.exit_code == 0, res.output
+    shown = yaml.safe_load(res.output)
+    assert shown["root"] == str(tmp_path / "root")
+    assert shown["stages"]["ingest"]["path"] == str(tmp_path / "archive")
+    assert shown["stages"]["pretrain_clip"]["max_clip_sec"] == 240 and shown["stages"]["wps_filter"]["max_wps"] == 4
+
+
+def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "status",
+                           str(_config(tmp_path, wps_filter={"max_wps": "fast"}))], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "c.yaml: stages.wps_filter.max_wps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_scheduled_build_deployment_carries_cron_and_config(tmp_path):
+    from flows.build import deployment
+
+    dep = deployment(str(_config(tmp_path)), "0 3 * * *")
+    assert dep.name == "c-build"
+    assert dep.parameters["config_path"] == str(tmp_path / "c.yaml")
+    assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
