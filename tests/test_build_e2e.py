@@ -227,16 +227,14 @@ def test_prefect_flow_trains_on_the_built_shards(built, env, tmp_path):
     processor = tiny_processor(["the quick brown fox", "Please narrate the video."])
     tiny_model(processor.tokenizer).save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
-    train_cfg = tmp_path / "train.yaml"
-    train_cfg.write_text(yaml.safe_dump({
-        "stage": "pretrain", "model_name_or_path": str(model_dir), "processor_name_or_path": str(model_dir),
-        "max_steps": 2, "effective_batch_size": 1, "logging_steps": 1, "save_steps": 2, "bf16": False, "tf32": False,
-        "deepspeed": None, "use_liger_kernel": False, "dataloader_num_workers": 0, "report_to": [],
-        "video": {"min_pixels": 16 * 28 * 28, "max_frames": 480, "total_pixels": 16 * 28 * 28 * 30},
-    }))
+    sets = {"model_name_or_path": str(model_dir), "processor_name_or_path": str(model_dir), "max_steps": 2,
+            "effective_batch_size": 1, "logging_steps": 1, "save_steps": 2, "bf16": False, "tf32": False,
+            "deepspeed": None, "use_liger_kernel": False, "dataloader_num_workers": 0, "report_to": [],
+            "video.min_pixels": 16 * 28 * 28, "video.total_pixels": 16 * 28 * 28 * 30}
+    args = [a for k, v in sets.items() for a in ("--train-set", f"{k}={json.dumps(v)}")]
     out = tmp_path / "ckpt"
-    proc = livecc("build-and-train", str(built["config"]), "--train-config", str(train_cfg),
-                  "--output-dir", str(out), env={**env, "OMP_NUM_THREADS": "1"})
+    proc = livecc("build-and-train", str(built["config"]), "--output-dir", str(out), *args,
+                  env={**env, "OMP_NUM_THREADS": "1"})
     assert "trained on" in proc.stdout
     state = json.loads(next(out.rglob("trainer_state.json")).read_text())
     assert state["global_step"] == 2
