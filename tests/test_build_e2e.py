@@ -239,3 +239,21 @@ def test_prefect_flow_trains_on_the_built_shards(built, env, tmp_path):
     state = json.loads(next(out.rglob("trainer_state.json")).read_text())
     assert state["global_step"] == 2
     assert all(h["loss"] == h["loss"] and h["loss"] > 0 for h in state["log_history"] if "loss" in h)
+
+
+def test_inspect_prints_one_sample_by_index_or_key_through_the_seek_index(built, env, tmp_path):
+    from schemas.seek_index import SeekIndex
+
+    shard_dir = built["root"] / "pt" / "shards"
+    index = SeekIndex.open(str(shard_dir))
+    key = index.keys()[1]
+    by_key = livecc("inspect", "shards", str(shard_dir), "--key", key, env=env)
+    assert json.loads(by_key.stdout) == index.sample_json(key)
+    by_index = livecc("inspect", "shards", str(shard_dir), "--index", "1", env=env)
+    assert json.loads(by_index.stdout)["clip_id"] == key
+    mp4_key = next(k for k in index.keys() if "mp4" in index.read(k))
+    saved = tmp_path / "clip.mp4"
+    livecc("inspect", "shards", str(shard_dir), "--key", mp4_key, "--member", "mp4", "--out", str(saved), env=env)
+    assert saved.read_bytes() == index.read_member(mp4_key, "mp4")
+    missing = livecc("inspect", "shards", str(shard_dir), "--key", "no_such_clip", env=env, check=False)
+    assert missing.returncode == 2 and "no_such_clip" in missing.stderr
