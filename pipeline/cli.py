@@ -89,10 +89,14 @@ def _ranges(ids: list[int]) -> str:
 
 
 def _print_outputs(pipe) -> None:
+    from pipeline.manifest import load_manifest
+
     for s in pipe.stages:
         shard_dir = getattr(pipe.configs[s.name], "shard_dir", None)
         if shard_dir:
-            out.print(f"shards:  {pipe.storage.url_of(f'{pipe.cfg.corpus}/{shard_dir}')}")
+            fin = (load_manifest(pipe.storage, pipe.stage_dir(s.name), s.name).finalize or {}).get("summary") or {}
+            what = f" ({fin['samples']} samples in {fin['shards']} shards)" if "samples" in fin else ""
+            out.print(f"shards:  {pipe.storage.url_of(f'{pipe.cfg.corpus}/{shard_dir}')}{what}")
     out.print(f"reports: {pipe.storage.url_of(pipe.cfg.corpus)}/<stage>/_report.md")
 
 
