@@ -190,10 +190,13 @@ def test_a_used_stage_travels_to_another_process(tmp_path, srv, ted):
 def test_archive_on_an_fsspec_root(tmp_path, srv, ted):
     """A non-local archive (here fsspec's memory://, as s3:// would be): yt-dlp writes to a
     local staging folder, finished files are uploaded, and the files are the archive record."""
+    import shutil
     import uuid
 
     import fsspec
     from tests.test_crawl_media import clip, make_media, media_video
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg is not installed")
     vid, media_vid = make_ids(1, "fs")[0], make_ids(1, "fm")[0]
     ted_video(srv, ted, vid)
     media_video(srv, ted, media_vid)

@@ -13,7 +13,9 @@ from stages.crawl import (
     trim_info, video_row,
 )
 from stages.crawl.errors import ERROR_CLASSES, RateLimited, as_crawl_error, categorize
-from stages.crawl.media import MediaConfig, covering, existing_sections, inherit_net_settings, plan_sections, section_name
+from stages.crawl.media import (
+    MediaConfig, covered_fraction, covering, existing_sections, inherit_net_settings, plan_sections, section_name,
+)
 from stages.crawl.ratelimit import TokenBucket, backoff_delay
 from stages.crawl.ytdl import check_video_id, parse_video_ref
 from tests.conftest import fixture_path
@@ -160,6 +162,12 @@ def test_plan_sections_margin_clamp_merge():
         (0.5, 10.0), (31.0, 45.0), (50.0, 60.0), (100.0, 130.0), (170.0, 185.0)]
 
 
+def test_covered_fraction_decides_whole_downloads():
+    assert covered_fraction([(0.6, 88.08)], 88.08) > MediaConfig().whole_above_fraction  # -> whole file
+    assert covered_fraction([(28.4, 59.7)], 88.08) == pytest.approx(31.3 / 88.08)
+    assert covered_fraction([(0, 10)], None) == 0.0  # unknown duration: sections
+
+
 def test_existing_sections_and_covering():
     names = [section_name("emyi4z-O0ls", 29, 62, "mp4"), section_name("emyi4z-O0ls", 0, 88.08, "mp4"),
              "emyi4z-O0ls.1000-2000.part", "other000000.0-9000.mp4", "emyi4z-O0ls.info.json"]
@@ -176,8 +184,16 @@ def test_media_inherits_network_settings_from_crawl():
     m = inherit_net_settings(MediaConfig(retries=1), crawl)
     assert m.archive_dir == "/data/archive" and m.proxies == ["http://p:3128"] and m.requests_per_minute == 30
     assert m.retries == 1  # set in the media section: kept
+    # The engine ships configs fully dumped: inheritance must survive the round trip.
+    shipped = MediaConfig.model_validate(MediaConfig(retries=1).model_dump(mode="json"))
+    assert inherit_net_settings(shipped, crawl) == m
     # Politeness settings never enter the config hash; the archive does.
     assert "proxies" not in m.hash_payload() and m.hash_payload()["archive_dir"] == "/data/archive"
+    # Relative paths in the crawl section mean "next to the build file".
+    rel = inherit_net_settings(MediaConfig(), {"archive_dir": "../archive", "cookies_file": "c.txt"}, "/w/configs")
+    assert (rel.archive_dir, rel.cookies_file) == ("/w/archive", "/w/configs/c.txt")
+    with pytest.raises(ValueError, match="relative"):
+        inherit_net_settings(MediaConfig(), {"archive_dir": "archive"}, None)
 
 
 # -- errors -------------------------------------------------------------------------------------------
