@@ -78,8 +78,12 @@ class Pipeline:
         return f"{self.cfg.corpus}/{name}"
 
     def context(self, stage: type[Stage], part: int | None = None) -> StageContext:
+        build = self.cfg.model_dump(mode="json")
+        # stages that resolve paths relative to the config file (as the config loader does) need its folder
+        build["config_path"] = self.cfg.path
+        build["config_dir"] = os.path.dirname(self.cfg.path) if self.cfg.path else None
         return StageContext(storage=self.storage, corpus=self.cfg.corpus, stage_dir=self.stage_dir(stage.name),
-                            part=part, build=self.cfg.model_dump(mode="json"))
+                            part=part, build=build)
 
     def instantiate(self, stage: type[Stage]) -> Stage:
         return stage(self.configs[stage.name], self.context(stage))
@@ -358,7 +362,16 @@ def _new_actor(res: Resources):
 
 
 def _pool(res: Resources, n: int) -> list:
+    import ray
+
     key = (res.num_cpus, res.num_gpus, res.memory_bytes)
+    if key not in _POOLS:
+        # idle actors of another resource shape hold the CPUs/GPUs this stage needs: with
+        # them alive, the new actors could never be scheduled and the build would hang
+        for other in _POOLS.values():
+            for actor in other:
+                ray.kill(actor)
+        _POOLS.clear()
     pool = _POOLS.setdefault(key, [])
     while len(pool) < n:
         pool.append(_new_actor(res))

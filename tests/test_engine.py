@@ -206,3 +206,20 @@ def test_schema_validation_names_field():
         schemas.validate_rows([{"clip_id": None, "video_id": "v", "start": 0.0, "end": 1.0}], schemas.CLIPS)
     with pytest.raises(schemas.SchemaError, match="unknown field"):
         schemas.validate_rows([{"clip_id": "a", "video_id": "v", "start": 0.0, "end": 1.0, "bogus": 1}], schemas.CLIPS)
+
+
+class Halve(Square):
+    """Same work as Square, but actors of another resource shape (0.25 CPU, concurrency 8)."""
+    name = "halve"
+    resources = Resources(num_cpus=0.25, batch_size=4, concurrency=8)
+
+
+def test_stages_with_different_resource_shapes_do_not_starve_each_other(tmp_path):
+    # Square's 0.5-CPU actors fill the 2-CPU cluster; Halve's actors need the CPUs they hold
+    cfg_path = tmp_path / "b.yaml"
+    cfg_path.write_text(yaml.safe_dump({"corpus": "toy", "flow": "toy", "root": str(tmp_path / "root"),
+                                        "part_size": 1, "stages": {}}))
+    pipe = Pipeline(load_config(cfg_path), [NumberSource, Square, Halve])
+    for name in ("numbers", "square", "halve"):
+        run = pipe.run_stage(name, progress=False)
+        assert len(run.ran) == 10 and not run.failed, name
