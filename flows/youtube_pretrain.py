@@ -1,0 +1,19 @@
+"""The pre-training corpus from YouTube (DESIGN.md section 5): crawl (metadata + captions, no
+media) -> caption parse -> pre-training clip -> wps filter -> media (only videos, and only the
+sections, that still have clips) -> talking-head filter -> shard."""
+from stages.caption_parse import CaptionParse
+from stages.clip import PretrainClip, WpsFilter
+from stages.crawl import YoutubeCrawl
+from stages.crawl.media import MediaDownload
+from stages.shard import Shard
+from stages.talking_head import TalkingHead
+
+STAGES = [
+    YoutubeCrawl,
+    CaptionParse,
+    PretrainClip,
+    WpsFilter,
+    MediaDownload,
+    TalkingHead,
+    Shard,
+]
