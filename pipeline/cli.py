@@ -18,6 +18,8 @@ from rich.table import Table
 
 for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
                "PREFECT_LOGGING_EXTRA_LOGGERS": "livecc",
+               # engine logs outside a flow run (status, tests) stay local instead of warning
+               "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
                # a loaded 2-core machine needs more than the default to start the ephemeral server
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}.items():
     os.environ.setdefault(_k, _v)

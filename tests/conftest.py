@@ -97,7 +97,7 @@ def services(tmp_path_factory):
     for proc in (prefect_proc, ray_proc):
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            proc.wait(timeout=5)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
