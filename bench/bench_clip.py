@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from stages.caption_parse import parse_json3
 from stages.clip import pretrain_clips, sft_clips  # noqa: E402
 
 FIXTURES = Path(os.environ.get("LIVECC_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -82,21 +83,6 @@ def reference_sft_clipping(datum: dict, min_clip_sec=30, max_clip_sec=240, max_s
              "category": datum["category"]} for clip, preasr in zip(clips, preasrs)]
 
 
-def load_json3_words(path: Path) -> list[dict]:
-    raw = []
-    for ev in json.loads(path.read_text(encoding="utf-8"))["events"]:
-        t0 = ev["tStartMs"]
-        cap = t0 + ev.get("dDurationMs", 0)
-        for seg in ev.get("segs") or []:
-            text = seg.get("utf8", "").strip()
-            if text:
-                raw.append((t0 + seg.get("tOffsetMs", 0), cap, text))
-    raw.sort(key=lambda r: r[0])
-    words = []
-    for k, (start, cap, text) in enumerate(raw):
-        nxt = raw[k + 1][0] if k + 1 < len(raw) else cap
-        words.append({"start": start / 1000, "end": max(start, min(nxt, cap)) / 1000, "text": text})
-    return words
 
 
 def best_seconds(fn) -> float:
@@ -120,7 +106,7 @@ def figure(name: str, n_words: int, timings: dict[str, float]) -> str:
 def main() -> None:
     if not LESSON.exists():
         sys.exit(f"fixture {LESSON} not found (set LIVECC_FIXTURES to ../shared/fixtures)")
-    words = load_json3_words(LESSON)
+    words = parse_json3(LESSON.read_text(encoding="utf-8"))
     datum = {"video": "lesson", "title": "lesson", "category": "Education",
              "content": [[w["start"], w["end"], w["text"]] for w in words]}
     args = Namespace(min_clip_sec=30, max_clip_sec=240, max_empty_sec=3)

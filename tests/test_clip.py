@@ -16,6 +16,7 @@ from pydantic import ValidationError
 import schemas
 from pipeline.stage import Rejected, StageContext
 from pipeline.storage import Storage
+from stages.caption_parse import parse_json3
 from stages.clip import (PretrainClip, SftClip, WpsFilter, pretrain_clips, sentence_start_flags,
                          sft_clips, words_per_second)
 from tests.conftest import fixture_path
@@ -26,22 +27,6 @@ THRESHOLDS = [(30, 240, 3), (5, 20, 1), (0, 15, 2), (45, 90, 5), (20, 40, 1.5)]
 
 # -- real words ------------------------------------------------------------------------
 
-def load_json3_words(path) -> list[dict]:
-    """json3 -> words: start = tStartMs + tOffsetMs; end = next word's start capped by the event end."""
-    raw = []
-    for ev in json.loads(path.read_text(encoding="utf-8"))["events"]:
-        t0 = ev["tStartMs"]
-        ev_end = t0 + ev.get("dDurationMs", 0)
-        for seg in ev.get("segs") or []:
-            text = seg.get("utf8", "").strip()
-            if text:
-                raw.append((t0 + seg.get("tOffsetMs", 0), ev_end, text))
-    raw.sort(key=lambda r: r[0])
-    words = []
-    for k, (start, cap, text) in enumerate(raw):
-        nxt = raw[k + 1][0] if k + 1 < len(raw) else cap
-        words.append({"start": start / 1000, "end": max(start, min(nxt, cap)) / 1000, "text": text})
-    return words
 
 
 def even_split(cues) -> list[dict]:
@@ -79,7 +64,7 @@ def whisper_words():
 
 @pytest.fixture(scope="module")
 def lesson_words():
-    return load_json3_words(fixture_path(*LESSON))
+    return parse_json3(fixture_path(*LESSON).read_text(encoding="utf-8"))
 
 
 def manual_word_sets():
