@@ -103,3 +103,26 @@ def services(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# -- shared by the crawl tests: real info.json fixtures and the fault-injecting loopback server --
+@pytest.fixture(scope="module")
+def ted():
+    import json
+
+    return json.loads(fixture_path("infojson", "ytdlp_TEDEd_emyi4z-O0ls.info.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def pinchflat():
+    import json
+
+    return json.loads(fixture_path("infojson", "pinchflat_example_postdownload.info.json").read_text())
+
+
+@pytest.fixture
+def srv():
+    from tests.crawl_loopback import Loopback
+
+    with Loopback() as s:
+        yield s

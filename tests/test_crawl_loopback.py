@@ -15,26 +15,10 @@ from pipeline.stage import Rejected, StageContext
 from pipeline.storage import Storage
 from stages.crawl import YoutubeCrawl, CrawlConfig
 from tests.conftest import fixture_path
-from tests.crawl_loopback import Loopback, fixture_video, make_ids
+from tests.crawl_loopback import fixture_video, make_ids
 
 JSON3 = ("captions", "ytenglishhub_english_lesson_asr.en.json3")
 AUTO_VTT = ("captions", "videogrep_manifesto_auto.en.vtt")
-
-
-@pytest.fixture(scope="module")
-def ted():
-    return json.loads(fixture_path("infojson", "ytdlp_TEDEd_emyi4z-O0ls.info.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def pinchflat():
-    return json.loads(fixture_path("infojson", "pinchflat_example_postdownload.info.json").read_text())
-
-
-@pytest.fixture
-def srv():
-    with Loopback() as s:
-        yield s
 
 
 def make_crawl(root, srv, **kw) -> YoutubeCrawl:

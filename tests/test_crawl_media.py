@@ -13,24 +13,13 @@ from pipeline.stage import StageContext
 from pipeline.storage import Storage
 from stages.crawl.media import MediaConfig, MediaDownload
 from tests.conftest import fixture_path
-from tests.crawl_loopback import Loopback, fixture_video, make_ids
+from tests.crawl_loopback import fixture_video, make_ids
 
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg") or not shutil.which("ffprobe"),
                                 reason="ffmpeg/ffprobe are not installed")
 
 VIDEO = ("video", "videogrep_manifesto_narration.mp4")   # 88.08 s, keyframes every 10 s, AAC
 VIDEO_S = 88.08
-
-
-@pytest.fixture(scope="module")
-def ted():
-    return json.loads(fixture_path("infojson", "ytdlp_TEDEd_emyi4z-O0ls.info.json").read_text())
-
-
-@pytest.fixture
-def srv():
-    with Loopback() as s:
-        yield s
 
 
 def make_media(root, srv, **kw) -> MediaDownload:

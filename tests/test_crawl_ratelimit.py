@@ -2,7 +2,6 @@
 Ray workers sharing the named bucket actor. Measured at the server, on real crawls."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -18,11 +17,6 @@ from tests.crawl_loopback import Loopback, fixture_video, make_ids
 # worker thread crawls warm-up videos first: the first request of a yt-dlp object spends
 # ~80 ms loading the CA bundle after its token was granted, which would bunch arrivals.
 JITTER = 1.02
-
-
-@pytest.fixture(scope="module")
-def ted():
-    return json.loads(fixture_path("infojson", "ytdlp_TEDEd_emyi4z-O0ls.info.json").read_text())
 
 
 def serve_videos(srv, ted, ids):

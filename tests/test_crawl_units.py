@@ -18,17 +18,6 @@ from stages.crawl.media import (
 )
 from stages.crawl.ratelimit import TokenBucket, backoff_delay
 from stages.crawl.ytdl import check_video_id, parse_video_ref
-from tests.conftest import fixture_path
-
-
-@pytest.fixture(scope="module")
-def ted():
-    return json.loads(fixture_path("infojson", "ytdlp_TEDEd_emyi4z-O0ls.info.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def pinchflat():
-    return json.loads(fixture_path("infojson", "pinchflat_example_postdownload.info.json").read_text())
 
 
 # -- discovery ------------------------------------------------------------------------------------
