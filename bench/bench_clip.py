@@ -12,7 +12,6 @@ Run: python bench/bench_clip.py   (about 10 s)
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time

@@ -46,7 +46,7 @@ def make_media(folder: Path, seconds: int = 180, segment_s: int = 4) -> Path:
     """720p30 H.264 (GOP 2 s) + AAC at about 4 Mbit/s: one short encode, repeated by stream copy."""
     seg = folder / "seg.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size=1280x720:rate=30,noise=alls=12:allf=t,format=yuv420p",
+                    "testsrc2=size=1280x720:rate=30,noise=alls=12:allf=t,format=yuv420p",
                     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
                     "-t", str(segment_s), "-c:v", "libx264", "-preset", "ultrafast", "-g", "60",
                     "-b:v", "4M", "-maxrate", "4M", "-bufsize", "8M", "-c:a", "aac", "-b:a", "128k",

@@ -304,9 +304,11 @@ def _mount_train() -> None:
     try:
         from train.cli import app as train_app
     except Exception as exc:  # noqa: BLE001 - training extras are optional on corpus-only installs
+        reason = str(exc)  # `exc` is unbound once the except block ends
+
         @app.command("train", help="Train Qwen2-VL on produced shards (needs the 'train' extra).")
         def _train_missing() -> None:
-            console.print(f"[red]error:[/red] training is unavailable: {exc}. Install with: pip install -e '.[train]'")
+            console.print(f"[red]error:[/red] training is unavailable: {reason}. Install with: pip install -e '.[train]'")
             raise typer.Exit(2)
         return
     app.add_typer(train_app, name="train")

@@ -25,7 +25,7 @@ from pipeline.manifest import (DONE, FAILED, PENDING, STALE, Manifest, PartEntry
                                save_manifest)
 from pipeline.stage import Resources, Stage, StageContext
 from pipeline.storage import Storage, part_name
-from pipeline.worker import execute_part, items_fingerprint
+from pipeline.worker import items_fingerprint
 
 log = logging.getLogger("livecc")
 

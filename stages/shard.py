@@ -165,7 +165,7 @@ class Shard(Stage):
 
     def _sample(self, row: dict[str, Any]) -> tuple[dict[str, bytes], bytes]:
         """Members of one clip's sample and its JSONL line (UTF-8, newline-terminated)."""
-        key = row_key(row)
+        row_key(row)  # validates the sample key before any media work
         media_path = row.get("media_path")
         # caption-only corpora may have neither media nor a URL: the video id is then the
         # reference, and the consumer maps ids to media (as the reference's `video` paths do)

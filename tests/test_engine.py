@@ -17,7 +17,7 @@ import yaml
 import schemas
 from pipeline.config import ConfigError, load_config
 from pipeline.executor import Pipeline
-from pipeline.manifest import DONE, FAILED, PENDING, STALE, load_manifest
+from pipeline.manifest import DONE, FAILED, STALE, load_manifest
 from pipeline.stage import Rejected, Resources, Stage, StageConfig
 
 NUMBERS = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("n", pa.int64())])
