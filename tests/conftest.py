@@ -15,6 +15,16 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
+# Ray 2.60 enables token auth by default and caches the auth settings the first time it is
+# used; one token for the whole session, set before anything imports Ray, keeps every Ray in
+# this session (the services head, any local ray.init) consistent and separate from other
+# Ray instances on the machine (which share ~/.ray/auth_token).
+if "RAY_AUTH_TOKEN" not in os.environ:
+    import secrets as _secrets
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = _secrets.token_hex(32)
+
 REPO = Path(__file__).resolve().parents[1]
 #: Real files written by others; read-only, used in place (never copied into the project).
 FIXTURES = Path(os.environ.get("LIVECC_FIXTURES", REPO.parent / "shared" / "fixtures")).resolve()
@@ -61,11 +71,7 @@ def services(tmp_path_factory):
     bindir = Path(sys.executable).parent
     tmp = tmp_path_factory.mktemp("services")
     ray_port, prefect_port = _free_port(), _free_port()
-    import secrets
-
-    # Ray 2.60 enables token auth by default; a per-session token keeps this cluster separate
-    # from any other Ray on the machine (they share ~/.ray/auth_token otherwise).
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    auth = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"], "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}
     env = {**os.environ, **auth, "PREFECT_HOME": str(tmp / "prefect"), "RAY_USAGE_STATS_ENABLED": "0"}
     ray_proc = subprocess.Popen(
         [str(bindir / "ray"), "start", "--head", "--block", f"--port={ray_port}", "--num-cpus=2",

@@ -55,15 +55,14 @@ def test_rate_limit_holds_across_threads(tmp_path, ted):
 
 
 @pytest.mark.slow  # starts Ray
-def test_rate_limit_holds_across_ray_workers(tmp_path, ted):
+def test_rate_limit_holds_across_ray_workers(tmp_path, ted, services):
     ray = pytest.importorskip("ray")
     rpm, workers, per_worker, threads = 600.0, 3, 6, 2
     ids = make_ids(workers * per_worker, "ry")
     warm = make_ids(workers * threads * 2, "rz")
     started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    if started:  # the session's Ray head (2 CPUs): the workers are separate processes, as on a cluster
+        ray.init(address=services["RAY_ADDRESS"], log_to_driver=False)
     try:
         with Loopback() as srv:
             serve_videos(srv, ted, warm + ids)
