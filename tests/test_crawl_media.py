@@ -143,3 +143,25 @@ def test_media_failures_retry_then_become_categorised_errors(tmp_path, srv, ted)
         assert isinstance(e, Exception) and str(e).startswith("[removed] ") and type(e).__name__ == "RemovedVideo"
     assert len([h for h in srv.hits_for(f"/media/{gone}.18") if h.status == 404]) == 1  # not retried
     assert not [p for p in (tmp_path / "archive" / "sections").iterdir() if p.name.startswith(gone)]
+
+
+def test_whole_video_media_for_the_videos_table(tmp_path, srv, ted):
+    from stages.crawl.media import VideoMediaDownload
+
+    vid = make_ids(1, "wv")[0]
+    media_video(srv, ted, vid)
+    crawl = dict(info_json_source=srv.url("/info/{video_id}.info.json"), requests_per_minute=None,
+                 backoff_base_s=0.01, backoff_max_s=0.1, retries=3, socket_timeout_s=2.0)
+    ctx = StageContext(storage=Storage(str(tmp_path)), corpus="c", stage_dir="c/video_media", part=0,
+                       build={"stages": {"crawl": crawl}})
+    stage = VideoMediaDownload(MediaConfig(), ctx)
+    stage.setup()
+    video = {"video_id": vid, "source": "youtube", "url": f"https://www.youtube.com/watch?v={vid}", "title": "t"}
+    (row,) = stage.process_part([video])[0]
+    schemas.validate_rows([row], schemas.VIDEOS)
+    assert row["media_path"] == str(tmp_path / "archive" / f"{vid}.mp4") and row["has_audio"]
+    duration, streams = probe(row["media_path"])
+    assert abs(duration - VIDEO_S) < 1.0 and streams == ["audio", "video"]
+    hits = len(srv.hits)
+    assert stage.process_part([video])[0][0]["media_path"] == row["media_path"]
+    assert len(srv.hits) == hits   # already in the archive: no request

@@ -421,3 +421,22 @@ def probe_has_audio(path: str) -> bool | None:
 
 __all__ = ["MediaDownload", "MediaConfig", "plan_sections", "covered_fraction", "section_name", "existing_sections", "covering",
            "inherit_net_settings", "VIDEO_FORMAT", "AUDIO_FORMAT"]
+
+
+class VideoMediaDownload(MediaDownload):
+    """VIDEOS -> VIDEOS with the whole video's ``media_path`` and ``has_audio``: the media phase
+    of flows that need whole videos before any clip exists (SFT: transcription precedes
+    clipping, DESIGN.md section 5). Same network settings, archive and failure categories as
+    ``media``; ``sections`` does not apply (there are no clip ranges yet)."""
+
+    name = "video_media"
+    input_schema = schemas.VIDEOS
+    output_schema = schemas.VIDEOS
+
+    def setup(self) -> None:
+        super().setup()
+        self.config = self.config.model_copy(update={"sections": False})
+
+    def download_video(self, video_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = super().download_video(video_id, rows)
+        return [{k: v for k, v in r.items() if k != "media_offset"} for r in out]  # videos have no offset

@@ -1,0 +1,21 @@
+"""The SFT corpus from YouTube (DESIGN.md section 5): crawl (metadata + captions) -> category
+select -> media (whole videos) -> transcribe (Whisper) -> SFT clip -> wps filter ->
+talking-head filter -> shard. LM-loss filtering and prompt generation go before shard."""
+from stages.category_select import CategorySelect
+from stages.clip import SftClip, WpsFilter
+from stages.crawl import YoutubeCrawl
+from stages.crawl.media import VideoMediaDownload
+from stages.shard import Shard
+from stages.talking_head import TalkingHead
+from stages.transcribe import Transcribe
+
+STAGES = [
+    YoutubeCrawl,
+    CategorySelect,
+    VideoMediaDownload,
+    Transcribe,
+    SftClip,
+    WpsFilter,
+    TalkingHead,
+    Shard,
+]
