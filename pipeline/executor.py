@@ -117,13 +117,13 @@ class Pipeline:
             return {k: (items_fingerprint(items), items) for k, items in enumerate(self.plan(stage, save_plan))}
         up = self.stages[index - 1]
         up_manifest = load_manifest(self.storage, self.stage_dir(up.name), up.name)
-        up_states = self.part_states(index - 1, up_manifest)
-        out = {}
-        for k, state in up_states.items():
-            if state == DONE:
-                e = up_manifest.entry(k)
-                out[k] = (e.output_fingerprint, f"{self.stage_dir(up.name)}/{part_name(k)}")
-        return out
+        return self._done_upstream(index, up_manifest, self.part_states(index - 1, up_manifest))
+
+    def _done_upstream(self, index: int, up_manifest: Manifest, up_states: dict[int, str]) -> dict[int, tuple[str, Any]]:
+        """The inputs of stage ``index``: the previous stage's done part files."""
+        up_dir = self.stage_dir(self.stages[index - 1].name)
+        return {k: (up_manifest.entry(k).output_fingerprint, f"{up_dir}/{part_name(k)}")
+                for k, state in up_states.items() if state == DONE}
 
     def part_states(self, index: int, manifest: Manifest | None = None,
                     inputs: dict[int, tuple[str, Any]] | None = None) -> dict[int, str]:
@@ -153,9 +153,12 @@ class Pipeline:
     def status(self) -> list[dict[str, Any]]:
         """One entry per stage: part states, summed counts, finalize state."""
         rows = []
+        manifest = states = None
         for i, stage in enumerate(self.stages):
+            # each stage's inputs come from the states just computed for the stage before it,
+            # instead of re-deriving the whole upstream chain (and re-listing the source) per stage
+            inputs = self.inputs(i) if i == 0 else self._done_upstream(i, manifest, states)
             manifest = load_manifest(self.storage, self.stage_dir(stage.name), stage.name)
-            inputs = self.inputs(i)
             states = self.part_states(i, manifest, inputs)
             counts: dict[str, int] = {}
             for k, st in states.items():
