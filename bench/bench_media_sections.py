@@ -64,7 +64,7 @@ def run(srv, ted, sections: bool, tag: str) -> tuple[dict[str, int], int, float,
     first = len(srv.hits)
     with tempfile.TemporaryDirectory() as root:
         cfg = MediaConfig(info_json_source=srv.url("/info/{video_id}.info.json"), sections=sections,
-                          requests_per_minute=None, margin_s=2.0, merge_gap_s=10.0)
+                          requests_per_minute=None)
         stage = MediaDownload(cfg, StageContext(storage=Storage(root), corpus="bench", stage_dir="bench/media"))
         stage.setup()
         t0 = time.perf_counter()

@@ -2,7 +2,9 @@
 
 Prefect orchestrates (one task per stage, with retries; reports as artifacts); Ray does
 the work inside each stage (:mod:`pipeline.executor`). Ray workers never talk to Prefect.
-With no ``PREFECT_API_URL`` set, Prefect runs a local ephemeral server (SQLite).
+With no ``PREFECT_API_URL`` set, the CLI starts a temporary local Prefect server first
+(:mod:`pipeline.prefect_server`); called from Python, Prefect starts its ephemeral one.
+A stage's report (a separate task) renders while the next stage runs.
 """
 from __future__ import annotations
 
@@ -18,24 +20,33 @@ from pipeline.executor import Pipeline
 from pipeline.report import build_report
 
 
-def prepare_services(pipe: Pipeline) -> None:
-    """Start Prefect's ephemeral server (when no ``PREFECT_API_URL`` is set) in a thread while
-    Ray starts, and the first stage's actors spawn, in this one: both take seconds, and one
-    after the other they dominate a small build."""
+def prepare_services(pipe: Pipeline, server=None) -> None:
+    """Bring up what a flow run needs, overlapped: Prefect's server and Ray (with the first
+    stage's actors) both take seconds, and one after the other they dominate a small build.
+
+    ``server``: a :class:`pipeline.prefect_server.LocalPrefectServer` already booting (the
+    CLI starts one before importing Prefect); it is waited for after Ray is up. Without one,
+    and with no ``PREFECT_API_URL``, Prefect's own ephemeral server is started in a thread.
+
+    Raises:
+        RuntimeError: the Prefect server did not start.
+    """
     import os
     import threading
 
     from pipeline.executor import ensure_ray, warm_pool
 
+    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
     thread = None
-    if not os.environ.get("PREFECT_API_URL"):
+    if server is None and not os.environ.get("PREFECT_API_URL"):
         from prefect.server.api.server import SubprocessASGIServer
 
-        timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
         thread = threading.Thread(target=SubprocessASGIServer().start, kwargs={"timeout": timeout}, daemon=True)
         thread.start()
     ensure_ray(pipe.cfg)
     warm_pool(pipe, pipe.stages[0])
+    if server is not None:
+        server.wait_ready(timeout)
     if thread is not None:
         thread.join()
 
@@ -52,42 +63,51 @@ def _artifact_key(*parts: str) -> str:
 @task(name="run-stage", retries=1, retry_delay_seconds=5, task_run_name="{stage_name}")
 def stage_task(config_path: str, overrides: list[str], stage_name: str, force: bool = False,
                parts: list[int] | None = None, progress: bool | None = None) -> dict[str, Any]:
-    """Run one stage on Ray, then publish its report (Prefect artifact + files)."""
-    logger = get_run_logger()
+    """Run one stage's parts on Ray (resuming: parts already done are skipped)."""
     pipe = open_pipeline(config_path, overrides)
     run = pipe.run_stage(stage_name, parts=parts, force=force, progress=progress)
+    return {"stage": stage_name, "ran": run.ran, "skipped": run.skipped, "failed": run.failed,
+            "finalized": run.finalized}
+
+
+@task(name="stage-report", retries=1, retry_delay_seconds=5, task_run_name="{stage_name}-report")
+def report_task(config_path: str, overrides: list[str], stage_name: str) -> dict[str, Any]:
+    """Publish a finished stage's report: files next to its manifest and a Prefect artifact."""
+    logger = get_run_logger()
+    pipe = open_pipeline(config_path, overrides)
     report = build_report(pipe, stage_name)
     create_markdown_artifact(key=_artifact_key(pipe.cfg.corpus, stage_name), markdown=report["markdown"],
                              description=f"{pipe.cfg.corpus}/{stage_name} stage report")
     c = report["counts"]
-    logger.info("%s: ran %d part(s), skipped %d, failed %d; kept %s, rejected %s, errors %s",
-                stage_name, len(run.ran), run.skipped, len(run.failed), c.get("kept", 0), c.get("rejected", 0),
-                c.get("errors", 0))
-    return {"stage": stage_name, "ran": run.ran, "skipped": run.skipped, "failed": run.failed,
-            "finalized": run.finalized, "counts": c, "report": pipe.storage.url_of(f"{pipe.stage_dir(stage_name)}/_report.md")}
+    logger.info("%s: %d/%d parts done; kept %s, rejected %s, errors %s", stage_name, report["parts_done"],
+                report["parts_total"], c.get("kept", 0), c.get("rejected", 0), c.get("errors", 0))
+    return {"counts": c, "report": pipe.storage.url_of(f"{pipe.stage_dir(stage_name)}/_report.md")}
 
 
 @flow(name="livecc-corpus-build", log_prints=True)
 def build_corpus(config_path: str, overrides: list[str] | None = None, force: bool = False,
                  progress: bool | None = None) -> list[dict[str, Any]]:
-    """Run every stage of the config's flow in order; each stage resumes where it stopped."""
+    """Run every stage of the config's flow in order; each stage resumes where it stopped.
+    A stage's report renders while the next stage runs (it reads only finished outputs)."""
     pipe = open_pipeline(config_path, overrides)
-    results = []
+    pending = []
     try:
         for stage in pipe.stages:
-            results.append(stage_task(config_path, overrides or [], stage.name, force=force, progress=progress))
+            run = stage_task(config_path, overrides or [], stage.name, force=force, progress=progress)
+            pending.append((run, report_task.submit(config_path, overrides or [], stage.name)))
+        return [{**run, **report.result()} for run, report in pending]
     finally:
         from pipeline.executor import shutdown_ray
         shutdown_ray()
-    return results
 
 
 @flow(name="livecc-stage-rerun", log_prints=True)
 def rerun_stage(config_path: str, stage_name: str, overrides: list[str] | None = None,
                 parts: list[int] | None = None, force: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Run one stage again (chosen parts, or whatever is not done)."""
+    """Run one stage again (chosen parts, or whatever is not done), then its report."""
     try:
-        return stage_task(config_path, overrides or [], stage_name, force=force, parts=parts, progress=progress)
+        run = stage_task(config_path, overrides or [], stage_name, force=force, parts=parts, progress=progress)
+        return {**run, **report_task(config_path, overrides or [], stage_name)}
     finally:
         from pipeline.executor import shutdown_ray
         shutdown_ray()

@@ -62,6 +62,24 @@ def _pipeline(config: Path, overrides: list[str] | None):
         raise typer.Exit(2)
 
 
+def _start_services(pipe):
+    """A temporary Prefect server (unless PREFECT_API_URL names one) launched before Prefect
+    is imported, then Ray and the first stage's actors while it boots. The server stops at
+    interpreter exit, after Prefect has sent its last logs and events to it."""
+    from pipeline.prefect_server import start_local_server
+
+    server = start_local_server()
+    try:
+        from flows.build import prepare_services
+
+        prepare_services(pipe, server)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    return server
+
+
 def _parse_parts(spec: str | None) -> list[int] | None:
     if not spec:
         return None
@@ -119,9 +137,9 @@ def build(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
         out.print(f"Nothing to do: all {len(pipe.stages)} stages of {pipe.cfg.corpus!r} are up to date.")
         _print_outputs(pipe)
         return
-    from flows.build import build_corpus, prepare_services
+    _start_services(pipe)
+    from flows.build import build_corpus
 
-    prepare_services(pipe)
     results = build_corpus(str(config), set_ or [], force=force, progress=progress)
     failed = {r["stage"]: r["failed"] for r in results if r["failed"]}
     t = Table(title=f"corpus {pipe.cfg.corpus!r}")
@@ -154,9 +172,9 @@ def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc sta
     except KeyError as exc:
         console.print(f"[red]error:[/red] {exc.args[0]}")
         raise typer.Exit(2)
-    from flows.build import prepare_services, rerun_stage
+    _start_services(pipe)
+    from flows.build import rerun_stage
 
-    prepare_services(pipe)
     r = rerun_stage(str(config), stage, set_ or [], parts=_parse_parts(parts), force=force, progress=progress)
     c = r["counts"]
     out.print(f"{stage}: ran parts [{_ranges(sorted(r['ran']))}], skipped {r['skipped']}, failed {len(r['failed'])}; "
@@ -280,10 +298,9 @@ def build_and_train_cmd(config: Path = ConfigArg, set_: Optional[list[str]] = Se
     """Bring a corpus up to date, then train on its shards (one Prefect flow)."""
     _setup_logging(verbose)
     pipe = _pipeline(config, set_)
-    from flows.build import prepare_services
+    _start_services(pipe)
     from flows.train import build_and_train
 
-    prepare_services(pipe)
     r = build_and_train(str(config), stage=stage, output_dir=output_dir, train_config=train_config,
                         train_overrides=train_set or [], overrides=set_ or [], dry_run=dry_run)
     out.print(f"trained on {r['shards']} -> {r['output_dir']}")

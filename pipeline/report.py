@@ -27,12 +27,14 @@ def _columns(pipeline, stage, parts: list[int], sub: str, columns: list[str]) ->
 
 
 def _histogram_png(values: np.ndarray, label: str, title: str) -> bytes:
-    import matplotlib
+    # Figure + Agg canvas, not pyplot: reports render in task threads, and pyplot's global
+    # figure registry is not thread-safe
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.hist(values, bins=min(50, max(5, int(np.sqrt(len(values))))), color="#3b6ea8", edgecolor="white")
     ax.set_xlabel(label)
     ax.set_ylabel("count")
@@ -40,7 +42,6 @@ def _histogram_png(values: np.ndarray, label: str, title: str) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 
