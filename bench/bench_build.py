@@ -23,8 +23,6 @@ import argparse
 import contextlib
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -99,58 +97,27 @@ def write_config(path: Path, archive: Path, root: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_services(work: Path, cores: int):
-    """A Ray head and a Prefect server on loopback, each in its own process group; yields
-    the environment that points ``livecc`` at them."""
-    import urllib.request
+    """A Ray head and a Prefect server on loopback (``tests/services.py``), left to settle;
+    yields the environment that points ``livecc`` at them."""
+    from tests.services import running_services as services
 
-    bindir = Path(sys.executable).parent
-    ray_port, prefect_port = _free_port(), _free_port()
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect-warm"), "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("PREFECT_API_URL", None)
-    procs = [subprocess.Popen([str(bindir / "ray"), "start", "--head", "--block", f"--port={ray_port}",
-                               f"--num-cpus={cores}", "--include-dashboard=false", "--disable-usage-stats",
-                               "--node-ip-address=127.0.0.1", f"--temp-dir={work / 'ray-warm'}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True),
-             subprocess.Popen([str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(prefect_port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
-    api = f"http://127.0.0.1:{prefect_port}/api"
+    tmp = work / "services-warm"
+    tmp.mkdir(exist_ok=True)
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"{api}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.time() > deadline or procs[1].poll() is not None:
-                    sys.exit("bench e2e_build_warm: the Prefect server did not start")
-                time.sleep(0.5)
-        env.update(RAY_ADDRESS=f"127.0.0.1:{ray_port}", PREFECT_API_URL=api)
-        probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(); ray.shutdown()"], env=env,
-                               capture_output=True, text=True, timeout=240)
-        if probe.returncode != 0:
-            sys.exit(f"bench e2e_build_warm: the Ray head did not start:\n{probe.stderr[-2000:]}")
-        time.sleep(10)  # a long-running server is idle; freshly started ones still run start-up work
-        yield env
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+        with services(tmp, env, num_cpus=cores) as urls:
+            env = {**env, **urls}
+            probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(); ray.shutdown()"], env=env,
+                                   capture_output=True, text=True, timeout=240)
+            if probe.returncode != 0:
+                sys.exit(f"bench e2e_build_warm: the Ray head did not start:\n{probe.stderr[-2000:]}")
+            time.sleep(10)  # a long-running server is idle; freshly started ones still run start-up work
+            yield env
+    except RuntimeError as exc:
+        sys.exit(f"bench e2e_build_warm: {exc}")
 
 
 def main() -> None:

@@ -65,7 +65,11 @@ def _pipeline(config: Path, overrides: list[str] | None):
 def _start_services(pipe):
     """A temporary Prefect server (unless PREFECT_API_URL names one) launched before Prefect
     is imported, then Ray and the first stage's actors while it boots. The server stops at
-    interpreter exit, after Prefect has sent its last logs and events to it."""
+    interpreter exit, after Prefect has sent its last logs and events to it.
+
+    Raises:
+        RuntimeError: the Prefect server did not start (it is stopped first).
+    """
     from pipeline.prefect_server import start_local_server
 
     server = start_local_server()
@@ -77,7 +81,6 @@ def _start_services(pipe):
         if server is not None:
             server.stop()
         raise
-    return server
 
 
 def _parse_parts(spec: str | None) -> list[int] | None:

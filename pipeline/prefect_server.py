@@ -30,10 +30,6 @@ from pathlib import Path
 
 log = logging.getLogger("livecc")
 
-#: uvicorn's exit status when the port is taken (Prefect's own launcher retries on it too)
-PORT_IN_USE = 3
-
-
 def _die_with_parent() -> None:
     """In the child before exec (Linux): SIGTERM it when the parent dies, so a SIGKILLed
     build does not leave its server running (Prefect's own ephemeral server would)."""
@@ -81,26 +77,22 @@ class LocalPrefectServer:
         spec = importlib.util.find_spec("prefect")
         if spec is None or spec.origin is None:
             raise RuntimeError("prefect is not installed")
-        self._app_dir = str(Path(spec.origin).resolve().parent.parent)
         self._stderr = tempfile.TemporaryFile()
-        self._launch()
-        self._saved_url = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = self.api_url
-        atexit.register(self.stop)
-        return self
-
-    def _launch(self) -> None:
         self.port = _free_port()
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", self._app_dir, "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).resolve().parent.parent),
+             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         log.info("Starting temporary Prefect server on http://127.0.0.1:%d", self.port)
+        self._saved_url = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = self.api_url
+        atexit.register(self.stop)
+        return self
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         """Block until the server answers ``GET /api/health`` with 200.
@@ -113,11 +105,9 @@ class LocalPrefectServer:
         url = f"{self.api_url}/health"
         while time.monotonic() < deadline:
             code = self.process.poll()
-            if code == PORT_IN_USE:  # another process took the port between bind and listen
-                self._launch()
-                os.environ["PREFECT_API_URL"] = self.api_url
-                continue
             if code is not None:
+                # no relaunch on another port (uvicorn's status 3): Prefect, imported by now,
+                # has read PREFECT_API_URL and would not see a new one
                 raise RuntimeError(f"the local Prefect server exited with status {code}: {self._tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:

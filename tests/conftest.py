@@ -45,70 +45,31 @@ def fixtures() -> Path:
     return FIXTURES
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def services(tmp_path_factory):
     """One Ray head and one Prefect server for the whole session, on loopback.
 
     Starting either costs 10-20 s on a loaded 2-core machine; CLI subprocesses (and in-process
     flows) connect through ``RAY_ADDRESS`` and ``PREFECT_API_URL`` -- the documented way to
-    run on a cluster with a Prefect server. Both are stopped by killing their process groups
-    (``ray stop`` would kill every Ray on the machine).
+    run on a cluster with a Prefect server.
     """
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from tests.services import running_services
 
-    bindir = Path(sys.executable).parent
     tmp = tmp_path_factory.mktemp("services")
-    ray_port, prefect_port = _free_port(), _free_port()
     auth = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"], "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}
     env = {**os.environ, **auth, "PREFECT_HOME": str(tmp / "prefect"), "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_proc = subprocess.Popen(
-        [str(bindir / "ray"), "start", "--head", "--block", f"--port={ray_port}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1", "--object-store-memory=400000000",
-         f"--temp-dir={tmp / 'ray'}"],
-        stdout=open(tmp / "ray.log", "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    prefect_proc = subprocess.Popen(
-        [str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-        stdout=open(tmp / "prefect.log", "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    api = f"http://127.0.0.1:{prefect_port}/api"
-    deadline = time.time() + 240
-    while True:
+    with running_services(tmp, env, num_cpus=2, object_store_bytes=400_000_000) as urls:
+        out = {**urls, "PREFECT_HOME": str(tmp / "prefect"), **auth}
+        saved = {k: os.environ.get(k) for k in out}
+        os.environ.update(out)
         try:
-            urllib.request.urlopen(f"{api}/health", timeout=2).read()
-            break
-        except OSError:
-            if time.time() > deadline or prefect_proc.poll() is not None:
-                raise RuntimeError(f"Prefect server did not start: {(tmp / 'prefect.log').read_text()[-2000:]}")
-            time.sleep(1)
-    out = {"RAY_ADDRESS": f"127.0.0.1:{ray_port}", "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp / "prefect"), **auth}
-    saved = {k: os.environ.get(k) for k in out}
-    os.environ.update(out)
-    yield out
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    for proc in (prefect_proc, ray_proc):
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            yield out
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 # -- shared by the crawl tests: real info.json fixtures and the fault-injecting loopback server --
