@@ -27,12 +27,17 @@ import numpy as np
 SAMPLE_RATE_HZ = 16000
 
 
-class AudioError(RuntimeError):
+class MediaError(RuntimeError):
+    """The media cannot be used for an item: undecodable, a stream missing, a range outside it."""
+
+
+class AudioError(MediaError):
     """ffmpeg could not decode the audio; the message carries ffmpeg's own error text."""
 
 
 class NoAudioStreamError(AudioError):
-    """The media file has no audio stream (e.g. a video-only download)."""
+    """The media file has no audio stream (e.g. a video-only download). One class for every
+    stage that listens (transcribe, the talking-head filter)."""
 
 
 def extract_audio(path: str | os.PathLike, start_s: float | None = None, end_s: float | None = None,

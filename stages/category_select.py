@@ -1,4 +1,4 @@
-"""Category selection for the SFT corpus (DESIGN.md section 5, SFT order: crawl -> category select).
+"""Category selection for the SFT corpus (docs/recipes.md#category_select).
 
 Keeps the videos whose YouTube categories (info.json ``categories``, carried in the
 ``videos`` row) intersect the configured list. The reference kept 7 categories for
@@ -8,9 +8,10 @@ Science & Technology, Gaming, News & Politics. The reference filtered clips of a
 transcribed videos; here it runs before media download and Whisper, so dropped videos cost
 nothing.
 
-Matching ignores case and surrounding spaces. An empty list keeps every video. Rejection
-reasons: ``category`` (the detail names the video's categories), ``no_category`` (the
-metadata has none).
+The rule is :func:`stages.videos.category_rejection`, shared with the crawl's metadata filter:
+matching ignores case and surrounding spaces; an empty list keeps every video. Rejection
+reasons: ``category_excluded`` (the detail names the video's categories), ``no_category``
+(the metadata has none).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pydantic import Field
 
 import schemas
 from pipeline.stage import Rejected, Resources, Stage, StageConfig
+from stages.videos import category_rejection
 
 #: The reference's seven Live-WhisperX categories (showlab/livecc ``debug.py``).
 REFERENCE_CATEGORIES = ["Howto & Style", "Sports", "Education", "Autos & Vehicles", "Science & Technology",
@@ -43,22 +45,5 @@ class CategorySelect(Stage):
     config: CategorySelectConfig
 
     def process(self, row: dict[str, Any]) -> list[dict[str, Any] | Rejected]:
-        keep, reason, detail = select(row.get("categories"), self.config.categories)
-        return [row] if keep else [Rejected(row, reason, detail)]
-
-
-def select(categories: list[str] | None, wanted: list[str]) -> tuple[bool, str, str]:
-    """Decide one video: ``(keep, reason, detail)``; ``reason``/``detail`` are empty when kept.
-
-    ``categories``: the video's categories (``None``/empty when the metadata has none).
-    ``wanted``: the configured list; empty keeps everything.
-    """
-    if not wanted:
-        return True, "", ""
-    have = [c for c in (categories or []) if isinstance(c, str) and c.strip()]
-    if not have:
-        return False, "no_category", "the video metadata lists no category"
-    want = {c.strip().casefold() for c in wanted}
-    if any(c.strip().casefold() in want for c in have):
-        return True, "", ""
-    return False, "category", f"categories {have} not in the selected {len(wanted)}"
+        rejection = category_rejection(row.get("categories"), self.config.categories)
+        return [Rejected(row, *rejection)] if rejection else [row]

@@ -1,4 +1,4 @@
-"""Local ingest: a folder in yt-dlp naming becomes the ``videos`` table (DESIGN.md section 5, "crawl", local source).
+"""Local ingest: a folder in yt-dlp naming becomes the ``videos`` table (docs/recipes.md#ingest).
 
 Files are grouped by the id before the first dot of their name:
 
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from fractions import Fraction
 from typing import Any, Literal
 
 import fsspec
@@ -27,6 +25,7 @@ from pydantic import Field
 
 import schemas
 from pipeline.stage import Rejected, Resources, Stage, StageConfig
+from stages.videos import Caption, choose_caption, language_matches, probe_media, video_row
 
 #: YouTube ids are 11 chars of [A-Za-z0-9_-]; local archives get the same alphabet, longer.
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -36,10 +35,6 @@ MEDIA_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "m4a", "mp3", "opus", "ogg", "w
 
 class UnsafeIdError(ValueError):
     """A video id that could escape the corpus root or is not a plain token."""
-
-
-class MediaProbeError(RuntimeError):
-    """ffprobe could not read the media file (corrupt, truncated or not media)."""
 
 
 class LocalIngestConfig(StageConfig):
@@ -70,9 +65,6 @@ class LocalIngest(Stage):
         files = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
         return group_files(files, self.config.path)
 
-    def key(self, row: dict[str, Any]) -> str:
-        return str(row.get("video_id"))
-
     def process(self, item: dict[str, Any]):
         cfg = self.config
         vid = item["video_id"]
@@ -82,10 +74,12 @@ class LocalIngest(Stage):
             info = read_info(item["info"])
             if info.get("id") is not None and str(info["id"]) != vid:
                 check_id(str(info["id"]))  # a hostile id in metadata is an error even if the file name is fine
-        row = video_row(vid, info)
+        row = video_row(info, video_id=vid, source="local")
         if item.get("media") and cfg.probe_media:
             row.update(probe_media(item["media"], cfg.ffprobe_timeout_s))
-        caption = choose_caption(item.get("captions", []), info, cfg.languages, cfg.caption_formats, cfg.prefer)
+        kinds = ("manual", "unknown", "auto") if cfg.prefer == "manual" else ("auto", "unknown", "manual")
+        caption = choose_caption(caption_files(item.get("captions", []), info, cfg.languages), kinds,
+                                 cfg.caption_formats)
         if caption is None and not cfg.require_captions:
             if row.get("media_path"):
                 yield row
@@ -97,8 +91,8 @@ class LocalIngest(Stage):
             yield Rejected(row, "no_caption", f"no {'/'.join(cfg.languages)} caption in {cfg.caption_formats}"
                            + (f"; found languages {langs}" if langs else "; no caption files"))
             return
-        row.update(caption_path=caption["path"], caption_format=caption["format"], caption_kind=caption["kind"],
-                   language=row.get("language") or caption["lang"])
+        row.update(caption_path=caption.path, caption_format=caption.fmt, caption_kind=caption.kind,
+                   language=row.get("language") or caption.lang)
         yield row
 
 
@@ -153,21 +147,6 @@ def read_info(path: str) -> dict[str, Any]:
     return info
 
 
-def video_row(video_id: str, info: dict[str, Any]) -> dict[str, Any]:
-    cats = info.get("categories")
-    duration = info.get("duration")
-    return {
-        "video_id": video_id,
-        "source": "local",
-        "url": info.get("webpage_url") or info.get("original_url"),
-        "title": info.get("title") if isinstance(info.get("title"), str) else None,
-        "channel": info.get("channel") or info.get("uploader"),
-        "categories": [str(c) for c in cats] if isinstance(cats, list) else None,
-        "duration": float(duration) if isinstance(duration, (int, float)) else None,
-        "language": info.get("language") if isinstance(info.get("language"), str) else None,
-    }
-
-
 def caption_kind(path: str, lang: str, info: dict[str, Any]) -> str:
     """``manual`` | ``auto`` | ``unknown`` for one caption file (info.json first, then content)."""
     if lang in (info.get("subtitles") or {}):
@@ -184,59 +163,9 @@ def caption_kind(path: str, lang: str, info: dict[str, Any]) -> str:
     return "unknown"
 
 
-def choose_caption(captions: list[dict[str, Any]], info: dict[str, Any], languages: list[str],
-                   formats: list[str], prefer: str = "manual") -> dict[str, Any] | None:
-    """Pick one caption: accepted language, then manual over auto (or the reverse with
-    ``prefer="auto"``; unknown sits between), then the format order, then the exact language tag."""
-    def lang_ok(lang: str) -> bool:
-        return any(lang == l or lang.startswith(l + "-") for l in languages)
-
-    kind_rank = {"manual": 0, "unknown": 1, "auto": 2} if prefer == "manual" else {"auto": 0, "unknown": 1, "manual": 2}
-    best, best_key = None, None
-    for c in captions:
-        if c["format"] not in formats or not lang_ok(c["lang"]):
-            continue
-        kind = caption_kind(c["path"], c["lang"], info)
-        k = (kind_rank[kind], formats.index(c["format"]), c["lang"] not in languages, c["lang"])
-        if best_key is None or k < best_key:
-            best, best_key = {**c, "kind": kind}, k
-    return best
-
-
-def probe_media(path: str, timeout_s: float = 60) -> dict[str, Any]:
-    """ffprobe a media file: duration (s), size (bytes), width/height (pixels), fps, has_audio.
-
-    Raises:
-        MediaProbeError: ffprobe fails, or the file has no decodable stream or duration.
-    """
-    cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise MediaProbeError(f"{path}: ffprobe timed out after {timeout_s:.0f} s") from None
-    if proc.returncode != 0:
-        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise MediaProbeError(f"{path}: unreadable media ({msg[-1] if msg else 'ffprobe failed'})")
-    data = json.loads(proc.stdout or b"{}")
-    streams = data.get("streams", [])
-    fmt = data.get("format", {})
-    video = next((s for s in streams if s.get("codec_type") == "video" and s.get("disposition", {}).get("attached_pic") != 1), None)
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    if video is None and audio is None:
-        raise MediaProbeError(f"{path}: no audio or video stream")
-    duration = fmt.get("duration") or (video or audio).get("duration")
-    if duration is None:
-        raise MediaProbeError(f"{path}: media has no duration (truncated?)")
-    fps = None
-    if video is not None and video.get("avg_frame_rate") not in (None, "0/0"):
-        fps = float(Fraction(video["avg_frame_rate"]))
-    size = fmt.get("size")
-    return {
-        "media_path": path,
-        "media_size_bytes": int(size) if size else None,
-        "duration": float(duration),
-        "width": int(video["width"]) if video else None,
-        "height": int(video["height"]) if video else None,
-        "fps": fps,
-        "has_audio": audio is not None,
-    }
+def caption_files(captions: list[dict[str, Any]], info: dict[str, Any], languages: list[str]) -> list[Caption]:
+    """The caption files (``{path, lang, format}``) in an accepted language, as candidates for
+    :func:`stages.videos.choose_caption`; the exact tags of ``languages`` rank first."""
+    return [Caption(caption_kind(c["path"], c["lang"], info), c["lang"], c["format"],
+                    0 if c["lang"] in languages else 1, c["path"])
+            for c in captions if language_matches(c["lang"], languages)]

@@ -7,8 +7,9 @@ import pytest
 
 import schemas
 from pipeline.stage import Rejected
-from stages.category_select import REFERENCE_CATEGORIES, CategorySelect, CategorySelectConfig, select
-from stages.ingest import video_row
+from stages.category_select import REFERENCE_CATEGORIES, CategorySelect, CategorySelectConfig
+from stages.crawl import CrawlConfig, metadata_rejection
+from stages.videos import category_rejection, video_row
 from tests.conftest import fixture_path
 
 
@@ -16,7 +17,7 @@ def info_row(name: str) -> dict:
     """The ``videos`` row ingest builds from a real info.json (video2dataset nests it)."""
     info = json.loads(fixture_path("infojson", name).read_text())
     info = info.get("yt_meta_dict", {}).get("info", info)
-    return video_row(info.get("id") or name.split(".")[0], info)
+    return video_row(info, video_id=info.get("id") or name.split(".")[0], source="local")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_reference_categories_keep_education_only(rows):
     rejected = {r.row["video_id"]: r for r in out if isinstance(r, Rejected)}
     assert [r["categories"] for r in kept] == [["Education"]]
     assert kept[0]["video_id"] == "emyi4z-O0ls" and kept[0] is rows["ytdlp_TEDEd_emyi4z-O0ls.info.json"]
-    assert len(rejected) == 3 and {r.reason for r in rejected.values()} == {"category"}
+    assert len(rejected) == 3 and {r.reason for r in rejected.values()} == {"category_excluded"}
     assert "Pets & Animals" in rejected[rows["v2d_returnall_0000030_00005.json"]["video_id"]].detail
     schemas.rows_to_table(kept, schemas.VIDEOS)
 
@@ -54,7 +55,26 @@ def test_configured_list_and_keep_all(rows):
 
 
 def test_missing_categories_are_rejected_with_their_own_reason():
-    assert select(None, REFERENCE_CATEGORIES) == (False, "no_category", "the video metadata lists no category")
-    assert select(["", "  "], ["Gaming"])[1] == "no_category"
-    assert select(None, [])[0] is True
-    assert select(["Music", "Gaming"], REFERENCE_CATEGORIES) == (True, "", "")
+    assert category_rejection(None, REFERENCE_CATEGORIES) == ("no_category", "the video metadata lists no category")
+    assert category_rejection(["", "  "], ["Gaming"])[0] == "no_category"
+    assert category_rejection(None, []) is None and category_rejection(None, None) is None
+    assert category_rejection(["Music", "Gaming"], REFERENCE_CATEGORIES) is None
+
+
+@pytest.mark.parametrize("categories, allow, deny, expected", [
+    (["Education"], ["education "], [], None),                      # case and spaces ignored
+    (["Education"], ["Gaming"], [], "category_excluded"),
+    (["Education"], None, ["EDUCATION"], "category_excluded"),       # deny list, any case
+    (["Education"], ["Education"], ["education"], "category_excluded"),  # deny wins
+    ([], ["Gaming"], [], "no_category"),
+    (None, [], [], None),
+])
+def test_crawl_filter_and_category_select_are_one_rule(categories, allow, deny, expected):
+    """The crawl's metadata filter and the category_select stage decide alike, with the same codes."""
+    info = {"id": "emyi4z-O0ls", "duration": 300.0, "categories": categories}
+    crawl = metadata_rejection(info, CrawlConfig(categories=allow, exclude_categories=deny))
+    assert (crawl[0] if crawl else None) == expected
+    if not deny:
+        row = video_row(info, video_id="emyi4z-O0ls", source="local")
+        (out,) = CategorySelect(CategorySelectConfig(categories=allow or []), None).process(row)
+        assert (out.reason if isinstance(out, Rejected) else None) == expected

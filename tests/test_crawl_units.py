@@ -8,16 +8,33 @@ import random
 
 import pytest
 
+from pipeline.config import load_config, stage_config
 from stages.crawl import (
-    CrawlConfig, CaptionChoice, choose_caption, decide, metadata_rejection, read_ids_file, source_urls,
-    trim_info, video_row,
+    CrawlConfig, caption_tracks, decide, metadata_rejection, read_ids_file, source_urls, trim_info,
+    youtube_video_row,
 )
 from stages.crawl.errors import ERROR_CLASSES, RateLimited, as_crawl_error, categorize
 from stages.crawl.media import (
-    MediaConfig, covered_fraction, covering, existing_sections, inherit_net_settings, plan_sections, section_name,
+    MediaConfig, MediaDownload, VideoMediaDownload, covered_fraction, covering, existing_sections, plan_sections, section_name,
 )
 from stages.crawl.ratelimit import TokenBucket, backoff_delay
 from stages.crawl.ytdl import check_video_id, parse_video_ref
+from stages.videos import Caption, choose_caption as choose_among
+
+
+def choose_caption(info, kinds=("manual", "auto"), formats=("json3", "srv3", "vtt")):
+    """(kind, lang, fmt) of the track the crawl picks, or None."""
+    c = choose_among(caption_tracks(info), kinds, formats)
+    return None if c is None else (c.kind, c.lang, c.fmt)
+
+
+def CaptionChoice(kind, lang, fmt):  # noqa: N802 - reads like the tuple it stands for
+    return (kind, lang, fmt)
+
+
+def decided(info, cfg):
+    d = decide(info, cfg)
+    return (d.kind, d.lang, d.fmt) if isinstance(d, Caption) else d
 
 
 # -- discovery ------------------------------------------------------------------------------------
@@ -92,7 +109,7 @@ def test_pinchflat_auto_original_not_translations(pinchflat):
 def test_ted_passes_default_filters(ted):
     cfg = CrawlConfig()
     assert metadata_rejection(ted, cfg) is None
-    assert decide(ted, cfg) == CaptionChoice("manual", "en", "json3")
+    assert decided(ted, cfg) == CaptionChoice("manual", "en", "json3")
 
 
 @pytest.mark.parametrize("change, cfg_kwargs, reason", [
@@ -117,10 +134,10 @@ def test_ted_filter_reasons(ted, change, cfg_kwargs, reason):
 
 
 def test_filters_that_let_videos_through(ted, pinchflat):
-    assert decide({**ted, "language": "en-US"}, CrawlConfig()) == CaptionChoice("manual", "en", "json3")
-    assert decide({**ted, "live_status": "was_live"}, CrawlConfig()) == CaptionChoice("manual", "en", "json3")
-    assert decide({**ted, "age_limit": 18}, CrawlConfig(max_age_limit=None)) == CaptionChoice("manual", "en", "json3")
-    assert decide(pinchflat, CrawlConfig(categories=["Development"])) == CaptionChoice("auto", "en-orig", "json3")
+    assert decided({**ted, "language": "en-US"}, CrawlConfig()) == CaptionChoice("manual", "en", "json3")
+    assert decided({**ted, "live_status": "was_live"}, CrawlConfig()) == CaptionChoice("manual", "en", "json3")
+    assert decided({**ted, "age_limit": 18}, CrawlConfig(max_age_limit=None)) == CaptionChoice("manual", "en", "json3")
+    assert decided(pinchflat, CrawlConfig(categories=["Development"])) == CaptionChoice("auto", "en-orig", "json3")
     assert decide(pinchflat, CrawlConfig(caption_kinds=["manual"]))[0] == "no_english_captions"
 
 
@@ -133,7 +150,7 @@ def test_trimmed_info_gives_the_same_decision(ted, pinchflat):
 
 
 def test_video_row_fields(ted):
-    row = video_row(ted, CaptionChoice("manual", "en", "json3"), "/a/emyi4z-O0ls.en.json3")
+    row = youtube_video_row(ted, Caption("manual", "en", "json3"), "/a/emyi4z-O0ls.en.json3")
     assert row["source"] == "youtube" and row["video_id"] == "emyi4z-O0ls"
     assert row["duration"] == 344.0 and row["categories"] == ["Education"] and row["channel"] == "TED-Ed"
     assert row["caption_kind"] == "manual" and row["caption_format"] == "json3"
@@ -167,22 +184,26 @@ def test_existing_sections_and_covering():
     assert covering(secs, 80, 90) is None
 
 
-def test_media_inherits_network_settings_from_crawl():
-    crawl = {"archive_dir": "/data/archive", "proxies": ["http://p:3128"], "requests_per_minute": 30,
-             "ids": ["emyi4z-O0ls"]}
-    m = inherit_net_settings(MediaConfig(retries=1), crawl)
-    assert m.archive_dir == "/data/archive" and m.proxies == ["http://p:3128"] and m.requests_per_minute == 30
+def test_media_inherits_network_settings_from_crawl(tmp_path):
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "b.yaml"
+    crawl = {"archive_dir": "../archive", "cookies_file": "c.txt", "proxies": ["http://p:3128"],
+             "requests_per_minute": 30, "ids": ["emyi4z-O0ls"]}
+    path.write_text(json.dumps({"corpus": "c", "flow": "youtube_pretrain", "root": "r",
+                                "stages": {"crawl": crawl, "media": {"retries": 1}, "video_media": {}}}))
+    cfg = load_config(path)
+    m = stage_config(cfg, MediaDownload)
+    assert m.proxies == ["http://p:3128"] and m.requests_per_minute == 30
     assert m.retries == 1  # set in the media section: kept
-    # The engine ships configs fully dumped: inheritance must survive the round trip.
-    shipped = MediaConfig.model_validate(MediaConfig(retries=1).model_dump(mode="json"))
-    assert inherit_net_settings(shipped, crawl) == m
-    # Politeness settings never enter the config hash; the archive does.
-    assert "proxies" not in m.hash_payload() and m.hash_payload()["archive_dir"] == "/data/archive"
-    # Relative paths in the crawl section mean "next to the build file".
-    rel = inherit_net_settings(MediaConfig(), {"archive_dir": "../archive", "cookies_file": "c.txt"}, "/w/configs")
-    assert (rel.archive_dir, rel.cookies_file) == ("/w/archive", "/w/configs/c.txt")
-    with pytest.raises(ValueError, match="relative"):
-        inherit_net_settings(MediaConfig(), {"archive_dir": "archive"}, None)
+    # relative paths in the crawl section mean "next to the build file", as everywhere
+    assert (m.archive_dir, m.cookies_file) == (str(tmp_path / "archive"), str(tmp_path / "configs" / "c.txt"))
+    # politeness settings never enter the config hash; the archive does
+    assert "proxies" not in m.hash_payload() and m.hash_payload()["archive_dir"] == str(tmp_path / "archive")
+    # video_media inherits the same way, and is whole files by declaration (in its hash)
+    v = stage_config(cfg, VideoMediaDownload)
+    assert v.archive_dir == m.archive_dir and v.sections is False and v.hash_payload()["sections"] is False
+    with pytest.raises(Exception, match="sections"):
+        VideoMediaDownload.Config(sections=True)
 
 
 # -- errors -------------------------------------------------------------------------------------------

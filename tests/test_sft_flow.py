@@ -22,7 +22,7 @@ from tests.conftest import FIXTURES
 from tests.tiny_whisper import tiny_whisper_dir
 
 pytestmark = pytest.mark.slow
-LIVECC = [sys.executable, "-m", "pipeline.cli"]
+LIVECC = [sys.executable, "-m", "livecc"]
 
 
 def read_parts(folder: Path) -> list[dict]:
@@ -64,7 +64,7 @@ def test_sft_flow_builds_whisper_transcripts_clips_and_shards(services, tmp_path
 
     corpus = root / "sft"
     rejected = {r["video_id"]: r for r in read_parts(corpus / "category_select" / "_rejected")}
-    assert rejected["ironman0001"]["reason"] == "category"
+    assert rejected["ironman0001"]["reason"] == "category_excluded"
     transcribed = {r["video_id"]: r for r in read_parts(corpus / "transcribe")}
     assert set(transcribed) == {"manifesto01"}
     no_audio = [r for r in read_parts(corpus / "transcribe" / "_rejected")] + \

@@ -1,6 +1,6 @@
 """The ``youtube`` source: discovery, metadata and English captions, no media (issue 3).
 
-Source: DESIGN.md section 5 "crawl (yt-dlp)"; LiveCC (CVPR 2025) builds its pre-training
+Source: docs/recipes.md#crawl; LiveCC (CVPR 2025) builds its pre-training
 corpus from YouTube closed captions, so captions come first and media only later, for the
 videos (and time ranges) that still have clips after the cheap caption filters
 (:mod:`stages.crawl.media`).
@@ -15,16 +15,18 @@ chooses the caption track and lets yt-dlp write ``<id>.info.json`` and ``<id>.<l
 into the archive folder (``archive_dir``, default ``<root>/archive``: the layout the local
 ingest reads), then yields one :data:`schemas.VIDEOS` row with ``source="youtube"``.
 
-Caption choice (:func:`choose_caption`): English manual captions over English automatic
-ones (``caption_kinds``); format json3 > srv3 > vtt (``caption_formats``; json3 carries
-per-word ``tOffsetMs``). Manual English is ``en`` or ``en-*``; automatic English is the
-original speech recognition track (``en-orig``, or ``en`` when it is not a machine
-translation, i.e. its URL has no ``tlang=``).
+Caption choice (:func:`caption_tracks`, then :func:`stages.videos.choose_caption`, the rule the
+local ingest uses too): English manual captions over English automatic ones
+(``caption_kinds``), then format json3 > srv3 > vtt (``caption_formats``; json3 carries
+per-word ``tOffsetMs``), then the language order below. Manual English is ``en``, then
+other ``en-*``; automatic English is the original speech recognition track (``en-orig``, or
+``en`` when it is not a machine translation, i.e. its URL has no ``tlang=``).
 
 Metadata filters (:func:`metadata_rejection`), each a ``_rejected`` reason code:
 ``duration_out_of_range`` (``min_duration_s`` 30 -- no 30 s clip fits in less -- to
-``max_duration_s``), ``category_excluded`` (``categories`` allow-list,
-``exclude_categories``), ``language_mismatch`` (``languages``; a video without a language
+``max_duration_s``), ``category_excluded`` / ``no_category`` (``categories`` allow-list,
+``exclude_categories``: :func:`stages.videos.category_rejection`, the rule ``category_select``
+uses), ``language_mismatch`` (``languages``; a video without a language
 field passes unless ``require_language``), ``live_or_upcoming`` (``exclude_live``:
 ``is_live``, ``is_upcoming``, ``post_live``), ``age_limit`` (``age_limit`` above
 ``max_age_limit``, default 17), ``availability`` (``exclude_availability``) and
@@ -41,7 +43,7 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable
 
 from pydantic import Field, field_validator
 
@@ -49,6 +51,7 @@ import schemas
 from pipeline.stage import Rejected, Resources, Stage
 from stages.crawl.errors import CrawlError, UnknownCrawlError, as_crawl_error
 from stages.crawl.ratelimit import RateLimiter
+from stages.videos import Caption, category_rejection, choose_caption, language_matches, video_row
 from stages.crawl.ytdl import (
     ARCHIVE_FILE, PARTIAL_DIR, Archive, CollectingLogger, NetConfig, check_video_id,
     YdlCache, fetch_info, load_download_archive, new_ydl, parse_video_ref, pick_proxy, watch_url,
@@ -56,7 +59,7 @@ from stages.crawl.ytdl import (
 
 log = logging.getLogger(__name__)
 
-CAPTION_KINDS = ("manual", "auto")
+CAPTION_KINDS = ("manual", "auto")  # the info dict always says which
 CAPTION_FORMATS = ("json3", "srv3", "vtt", "srt")
 REJECTED_DIR = ".rejected"
 
@@ -103,12 +106,6 @@ class CrawlConfig(NetConfig):
         if bad or not v:
             raise ValueError(f"caption_formats must be a non-empty list of {CAPTION_FORMATS} (got {v})")
         return v
-
-
-class CaptionChoice(NamedTuple):
-    kind: str     # "manual" | "auto"
-    lang: str     # the track key in the info dict, e.g. "en", "en-US", "en-orig"
-    fmt: str      # "json3" | "srv3" | "vtt" | "srt"
 
 
 class YoutubeCrawl(Stage):
@@ -228,11 +225,11 @@ class YoutubeCrawl(Stage):
             if info.get("id") != vid:
                 raise UnknownCrawlError(f"{vid}: the info dict is for {info.get('id')!r}")
             decision = decide(info, cfg)
-            if not isinstance(decision, CaptionChoice):
+            if not isinstance(decision, Caption):
                 reason, detail = decision
                 self.archive.write_json(f"{REJECTED_DIR}/{vid}.info.json", trim_info(info))
                 self._record(vid)
-                return [Rejected(video_row(info), reason, detail)]
+                return [Rejected(youtube_video_row(info), reason, detail)]
             ydl.params.update(
                 writesubtitles=decision.kind == "manual", writeautomaticsub=decision.kind == "auto",
                 subtitleslangs=[re.escape(decision.lang)], subtitlesformat=decision.fmt)
@@ -249,7 +246,7 @@ class YoutubeCrawl(Stage):
             if os.path.exists(local):
                 self.archive.publish(local, name)
         self._record(vid)
-        return [video_row(info, decision, self.archive.url(caption_name))]
+        return [youtube_video_row(info, decision, self.archive.url(caption_name))]
 
     # -- the download archive -------------------------------------------------------------
     def _is_archived(self, vid: str) -> bool:
@@ -279,11 +276,11 @@ class YoutubeCrawl(Stage):
         if not isinstance(info, dict):
             return None
         decision = decide(info, cfg)
-        if not isinstance(decision, CaptionChoice):
-            return [Rejected(video_row(info), *decision)]
+        if not isinstance(decision, Caption):
+            return [Rejected(youtube_video_row(info), *decision)]
         caption_name = f"{vid}.{decision.lang}.{decision.fmt}"
         if self.archive.exists(caption_name):
-            return [video_row(info, decision, self.archive.url(caption_name))]
+            return [youtube_video_row(info, decision, self.archive.url(caption_name))]
         return None
 
 
@@ -365,33 +362,24 @@ def flat_video_refs(ydl, result: dict[str, Any] | None, limit: int | None, depth
     return out
 
 
-def _english(lang: str) -> bool:
-    return lang == "en" or lang.startswith("en-")
-
-
-def choose_caption(info: dict[str, Any], kinds: Iterable[str] = CAPTION_KINDS,
-                   formats: Iterable[str] = ("json3", "srv3", "vtt")) -> CaptionChoice | None:
-    """The caption track to fetch: the first kind in ``kinds`` that has an English track in
-    one of ``formats`` (earlier formats preferred). None when there is no such track.
-
-    Manual tracks: ``en`` first, then other ``en-*`` keys in sorted order. Automatic tracks:
-    ``en-orig``, then ``en`` unless every one of its URLs is a translation (``tlang=``).
-    """
-    formats = list(formats)
-    for kind in kinds:
-        tracks = info.get("subtitles" if kind == "manual" else "automatic_captions") or {}
+def caption_tracks(info: dict[str, Any]) -> list[Caption]:
+    """The English caption tracks an info dict offers, as candidates for
+    :func:`stages.videos.choose_caption`. Manual: ``en`` first, then other ``en-*`` keys in
+    sorted order. Automatic: ``en-orig``, then ``en`` unless every one of its URLs is a
+    machine translation (``tlang=``)."""
+    out = []
+    for kind, key in (("manual", "subtitles"), ("auto", "automatic_captions")):
+        tracks = info.get(key) or {}
         if kind == "manual":
-            langs = sorted((k for k in tracks if _english(k) and k != "en-orig"), key=lambda k: (k != "en", k))
+            langs = sorted((k for k in tracks if language_matches(k) and k != "en-orig"), key=lambda k: (k != "en", k))
         else:
             langs = [k for k in ("en-orig", "en") if k in tracks]
             langs = [k for k in langs if k == "en-orig" or not all(
                 "tlang=" in (t.get("url") or "") for t in tracks[k] if isinstance(t, dict))]
-        for lang in langs:
-            have = {t.get("ext") for t in tracks.get(lang) or [] if isinstance(t, dict) and t.get("url")}
-            for fmt in formats:
-                if fmt in have:
-                    return CaptionChoice(kind, lang, fmt)
-    return None
+        for rank, lang in enumerate(langs):
+            exts = {t.get("ext") for t in tracks.get(lang) or [] if isinstance(t, dict) and t.get("url")}
+            out += [Caption(kind, lang, fmt, rank) for fmt in sorted(e for e in exts if isinstance(e, str))]
+    return out
 
 
 def metadata_rejection(info: dict[str, Any], cfg: CrawlConfig) -> tuple[str, str] | None:
@@ -409,18 +397,15 @@ def metadata_rejection(info: dict[str, Any], cfg: CrawlConfig) -> tuple[str, str
             return "duration_out_of_range", f"duration={dur:g}s < {cfg.min_duration_s:g}s"
         if cfg.max_duration_s is not None and dur > cfg.max_duration_s:
             return "duration_out_of_range", f"duration={dur:g}s > {cfg.max_duration_s:g}s"
-    cats = [c for c in info.get("categories") or [] if isinstance(c, str)]
-    if cfg.categories is not None and not set(cats) & set(cfg.categories):
-        return "category_excluded", f"categories={cats} not in {cfg.categories}"
-    hit = sorted(set(cats) & set(cfg.exclude_categories))
-    if hit:
-        return "category_excluded", f"category {hit[0]!r} is excluded"
+    rejection = category_rejection(info.get("categories"), cfg.categories, cfg.exclude_categories)
+    if rejection:
+        return rejection
     lang = info.get("language")
     if cfg.languages is not None:
         if not lang:
             if cfg.require_language:
                 return "language_mismatch", "language unknown"
-        elif not any(lang == want or lang.startswith(want + "-") for want in cfg.languages):
+        elif not language_matches(lang, cfg.languages):
             return "language_mismatch", f"language={lang!r} not in {cfg.languages}"
     live = info.get("live_status")
     if cfg.exclude_live and (live in ("is_live", "is_upcoming", "post_live") or info.get("is_live")):
@@ -434,37 +419,25 @@ def metadata_rejection(info: dict[str, Any], cfg: CrawlConfig) -> tuple[str, str
     return None
 
 
-def decide(info: dict[str, Any], cfg: CrawlConfig) -> CaptionChoice | tuple[str, str]:
+def decide(info: dict[str, Any], cfg: CrawlConfig) -> Caption | tuple[str, str]:
     """The caption to fetch, or the ``(reason, detail)`` the video is rejected for."""
     rejection = metadata_rejection(info, cfg)
     if rejection:
         return rejection
-    choice = choose_caption(info, cfg.caption_kinds, cfg.caption_formats)
+    choice = choose_caption(caption_tracks(info), cfg.caption_kinds, cfg.caption_formats)
     if choice is None:
         have = sorted({*(info.get("subtitles") or {}), *(f"{k}(auto)" for k in info.get("automatic_captions") or {})})
         return "no_english_captions", f"kinds={cfg.caption_kinds} formats={cfg.caption_formats}; tracks: {', '.join(have[:12]) or 'none'}"
     return choice
 
 
-def video_row(info: dict[str, Any], choice: CaptionChoice | None = None, caption_path: str | None = None) -> dict[str, Any]:
+def youtube_video_row(info: dict[str, Any], choice: Caption | None = None, caption_path: str | None = None) -> dict[str, Any]:
     """A :data:`schemas.VIDEOS` row from an info dict (media fields stay null until the media phase)."""
-    dur = info.get("duration")
-    cats = info.get("categories")
-    return {
-        "video_id": str(info.get("id")),
-        "source": "youtube",
-        "url": info.get("webpage_url") or watch_url(str(info.get("id"))),
-        "title": info.get("title"),
-        "channel": info.get("channel") or info.get("uploader"),
-        "categories": [c for c in cats if isinstance(c, str)] if isinstance(cats, list) else None,
-        "duration": float(dur) if isinstance(dur, (int, float)) else None,
-        "language": info.get("language"),
-        "caption_kind": choice.kind if choice else None,
-        "caption_format": choice.fmt if choice else None,
-        "caption_path": caption_path,
-        "media_path": None, "media_size_bytes": None,
-        "width": None, "height": None, "fps": None, "has_audio": None,
-    }
+    vid = str(info.get("id"))
+    row = video_row(info, video_id=vid, source="youtube", url=watch_url(vid))
+    if choice is not None:
+        row.update(caption_kind=choice.kind, caption_format=choice.fmt, caption_path=caption_path)
+    return row
 
 
 _KEEP_FIELDS = ("id", "title", "channel", "uploader", "webpage_url", "duration", "categories", "language",
@@ -479,9 +452,9 @@ def trim_info(info: dict[str, Any]) -> dict[str, Any]:
     for key in ("subtitles", "automatic_captions"):
         tracks = info.get(key) or {}
         out[key] = {lang: [{"ext": t.get("ext"), "url": t.get("url")} for t in fmts if isinstance(t, dict)]
-                    for lang, fmts in tracks.items() if _english(lang)}
+                    for lang, fmts in tracks.items() if language_matches(lang)}
     return out
 
 
-__all__ = ["YoutubeCrawl", "CrawlConfig", "CaptionChoice", "choose_caption", "metadata_rejection",
-           "decide", "video_row", "source_urls", "read_ids_file", "list_videos", "archive_id", "ARCHIVE_FILE"]
+__all__ = ["YoutubeCrawl", "CrawlConfig", "caption_tracks", "metadata_rejection",
+           "decide", "youtube_video_row", "source_urls", "read_ids_file", "list_videos", "archive_id", "ARCHIVE_FILE"]

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16000
+from stages.audio import SAMPLE_RATE_HZ, MediaError, NoAudioStreamError  # noqa: F401 - one set of media errors
+
 VIDEO_FPS = 25
 SAMPLES_PER_VIDEO_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS   # 640
 MFCC_PER_VIDEO_FRAME = 4                                # 100 Hz / 25 fps
@@ -31,15 +32,6 @@ INT16_PEAK = 32767.0
 #: a frame counts as audible when any frame within this many seconds is above the threshold,
 #: so the short gaps between words stay audible
 SILENCE_HOLD_S = 0.2
-
-
-class MediaError(ValueError):
-    """The media cannot be used for this clip (undecodable, no stream, range outside it)."""
-
-
-class NoAudioStreamError(MediaError):
-    """The media has no audio stream: the talking-head ratio needs audio."""
-
 
 def decode_audio(container, start_s: float, end_s: float, origin_s: float = 0.0,
                  sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
@@ -86,7 +78,6 @@ def decode_audio(container, start_s: float, end_s: float, origin_s: float = 0.0,
         place(resampler.resample(None))  # flush the resampler's tail at end of stream
     return out
 
-
 def frame_rms_dbfs(samples: np.ndarray, n_frames: int) -> np.ndarray:
     """RMS level of each 40 ms video frame in dB relative to full scale (1.0): ``(n_frames,)``.
     ``samples`` is 16 kHz audio starting at frame 0; frames past its end are -inf."""
@@ -97,7 +88,6 @@ def frame_rms_dbfs(samples: np.ndarray, n_frames: int) -> np.ndarray:
     rms = np.sqrt(np.mean(x.reshape(n_frames, -1) ** 2, axis=1))
     with np.errstate(divide="ignore"):
         return 20.0 * np.log10(rms)
-
 
 def audible_frames(samples: np.ndarray, n_frames: int, silence_dbfs: float,
                    hold_s: float = SILENCE_HOLD_S) -> np.ndarray:
@@ -110,7 +100,6 @@ def audible_frames(samples: np.ndarray, n_frames: int, silence_dbfs: float,
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * hold + 1)
     return windows.any(axis=1)
 
-
 def prepare_signal(samples: np.ndarray) -> np.ndarray:
     """Peak-normalise to the int16 range (the reference's scaling) and pre-emphasise once
     for the whole clip, so per-window MFCCs equal slices of the whole-clip MFCC.
@@ -120,7 +109,6 @@ def prepare_signal(samples: np.ndarray) -> np.ndarray:
         raise ValueError("cannot normalise digital silence")
     x = samples.astype(np.float64) * (INT16_PEAK / peak)
     return np.append(x[:1], x[1:] - PREEMPH * x[:-1])
-
 
 def mfcc_frames(signal: np.ndarray, first_frame: int, n_frames: int) -> np.ndarray:
     """MFCC of video frames ``[first_frame, first_frame + n_frames)``: ``(4 * n_frames, 13)`` float32.
