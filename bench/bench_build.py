@@ -57,7 +57,7 @@ def make_archive(folder: Path, n: int) -> None:
 
 def loop_baseline(archive: Path, out: Path) -> tuple[float, int]:
     """The same stage classes and settings, called in a plain loop in this process."""
-    from flows.pretrain import STAGES
+    from recipes.pretrain import STAGES
     from pipeline.config import load_config
     from pipeline.executor import Pipeline
     from pipeline.stage import Rejected
@@ -80,7 +80,7 @@ def loop_baseline(archive: Path, out: Path) -> tuple[float, int]:
         rows = nxt
     shard = stages[-1]
     shard.context.part = 0
-    results = shard.process_part(rows)
+    results = shard.process_batch(rows)
     import schemas.seek_index as si
     from pipeline.storage import part_name
     table_rows = [r for res in results if not isinstance(res, BaseException) for r in res]
@@ -139,7 +139,7 @@ def main() -> None:
     subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
                    env=env, capture_output=True, timeout=600)
     cfg = write_config(work / "build.yaml", archive, work / "root")
-    cmd = [sys.executable, "-m", "pipeline.cli", "build", str(cfg), "--no-progress"]
+    cmd = [sys.executable, "-m", "livecc", "build", str(cfg), "--no-progress"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     build_s = time.perf_counter() - t0
@@ -154,7 +154,7 @@ def main() -> None:
     with running_services(work, cores) as warm_env:
         warm_cfg = write_config(work / "warm.yaml", archive, work / "root-warm")
         t0 = time.perf_counter()
-        warm = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(warm_cfg), "--no-progress"],
+        warm = subprocess.run([sys.executable, "-m", "livecc", "build", str(warm_cfg), "--no-progress"],
                               env=warm_env, capture_output=True, text=True)
         warm_s = time.perf_counter() - t0
     if warm.returncode != 0:

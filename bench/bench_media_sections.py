@@ -68,7 +68,7 @@ def run(srv, ted, sections: bool, tag: str) -> tuple[dict[str, int], int, float,
         stage = MediaDownload(cfg, StageContext(storage=Storage(root), corpus="bench", stage_dir="bench/media"))
         stage.setup()
         t0 = time.perf_counter()
-        out = stage.process_part(clips)
+        out = stage.process_batch(clips)
         wall = time.perf_counter() - t0
     bad = [r for r in out if not isinstance(r, list)]
     if bad:

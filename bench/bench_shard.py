@@ -7,7 +7,7 @@ Figures (one line each):
 * ``shard_write``: clips of a 720p30 H.264/AAC video at a YouTube-typical bitrate
   (about 4 Mbit/s), generated here with ffmpeg (a 4 s encode of noisy test pattern,
   repeated by stream copy to 3 minutes, so generation stays fast). Measured: the shard
-  stage's whole ``process_part`` (stream-copy cuts, json, tar, offsets, sha256, the move
+  stage's whole ``process_batch`` (stream-copy cuts, json, tar, offsets, sha256, the move
   into place) on 4 clips of 35-45 s. Baseline, same run: ``shutil.copyfile`` of files
   holding exactly the shard's member bytes. ratio = baseline seconds / stage seconds
   (= stage bytes/s over copy bytes/s). Target 0.5.
@@ -77,7 +77,7 @@ def measure(name: str, media: Path, windows: list[tuple[float, float]], work: Pa
         root = work / f"{name}-root{run}"
         stage = Shard(ShardConfig(), StageContext(storage=Storage(str(root)), corpus="b", stage_dir="b/shard", part=0))
         t0 = time.perf_counter()
-        results = stage.process_part(rows)
+        results = stage.process_batch(rows)
         best_stage = min(best_stage, time.perf_counter() - t0)
         bad = [r for r in results if isinstance(r, BaseException)]
         if bad:

@@ -4,7 +4,7 @@ Videos (made from ../shared/fixtures with ffmpeg stream copies, no re-encoding):
 * a talking head (``sadtalker_hdtf_AOC``, 512x512, 25 fps) looped to ``--video-seconds``;
 * narration over slides (``v2d_laion_slides``, 1920x1080, 30 fps, no face), up to ``--video-seconds``.
 
-Ours: the stage (``TalkingHead.process_part``) on the whole videos: windowed decoding at
+Ours: the stage (``TalkingHead.process_batch``) on the whole videos: windowed decoding at
 512x288, batched SCRFD, tracking, padded Light-ASD batches, decoding overlapped with inference.
 Naive, measured in the same run: every frame decoded at full size, SCRFD frame by frame on a
 640x640 letterbox, crops from the full-size frames, Light-ASD track by track (unfused), on the
@@ -166,7 +166,7 @@ class Naive:
 
 def memory_child(paths: list[str], device: str) -> None:
     stage = make_stage(device, workers=2)
-    out = stage.process_part(rows_for([Path(p) for p in paths], [duration_s(Path(p)) for p in paths]))
+    out = stage.process_batch(rows_for([Path(p) for p in paths], [duration_s(Path(p)) for p in paths]))
     ratios = [o if isinstance(o, BaseException) else o[0]["talking_head_ratio"] for o in out]
     # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's, carried over exec)
     status = Path("/proc/self/status").read_text()
@@ -202,9 +202,9 @@ def main() -> None:
         lengths = [duration_s(v) for v in videos]
 
         stage = make_stage(args.device, workers)
-        stage.process_part(rows_for(videos[:1], [10.0]))  # warm-up (allocators, CUDA kernels)
+        stage.process_batch(rows_for(videos[:1], [10.0]))  # warm-up (allocators, CUDA kernels)
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
-        out = stage.process_part(rows_for(videos, lengths))
+        out = stage.process_batch(rows_for(videos, lengths))
         ours_cpu, ours_wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
         ours_ratios = [o[0]["talking_head_ratio"] if isinstance(o, list) else repr(o) for o in out]
 

@@ -85,9 +85,9 @@ def bench_transcribe(args, model_path: str, label: str) -> None:
              FIXTURES / "video" / "v2d_laion_slides_narration_1080p.mp4", FIXTURES / "audio" / "whisper_jfk.flac",
              FIXTURES / "audio" / "fasterwhisper_stereo_diarization.wav", FIXTURES / "audio" / "pyannote_ami_dev00.wav"]
     rows = [{"video_id": p.stem, "media_path": str(p), "has_audio": True} for p in files]
-    stage.process_part(rows[-1:])  # warm-up: first-call allocations, VAD session
+    stage.process_batch(rows[-1:])  # warm-up: first-call allocations, VAD session
     t0 = time.perf_counter()
-    results = stage.process_part(rows)
+    results = stage.process_batch(rows)
     wall = time.perf_counter() - t0
     audio_s = sum(t["audio_s"] for t in stage.timings)
     n_words = sum(len(r[0]["words"]) for r in results if isinstance(r, list) and isinstance(r[0], dict))

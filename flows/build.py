@@ -1,10 +1,14 @@
 """The Prefect flows that run a corpus build or one stage, and publish stage reports.
 
-Prefect orchestrates (one task per stage, with retries; reports as artifacts); Ray does
-the work inside each stage (:mod:`pipeline.executor`). Ray workers never talk to Prefect.
-With no ``PREFECT_API_URL`` set, the CLI starts a temporary local Prefect server first
-(:mod:`pipeline.prefect_server`); called from Python, Prefect starts its ephemeral one.
-A stage's report (a separate task) renders while the next stage runs.
+Prefect orchestrates (one task per stage; reports as artifacts); Ray does the work inside
+each stage (:mod:`pipeline.executor`). Ray workers never talk to Prefect. The CLI brings up
+the Prefect API first (:class:`pipeline.prefect_server.PrefectServer`). A stage's report (a
+separate task) renders while the next stage runs.
+
+Retries have one layer per kind of failure (docs/architecture.md): a part that raises, or
+whose actor dies, is retried by the executor (``ray.part_retries``); everything else -- a
+config error, a failing ``finalize``, a report -- is deterministic, so Prefect does not retry
+it, and a re-run of the build resumes from the parts already done.
 """
 from __future__ import annotations
 
@@ -14,53 +18,27 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows import flow_stages
 from pipeline.config import load_config
 from pipeline.executor import Pipeline
 from pipeline.report import build_report
-
-
-def prepare_services(pipe: Pipeline, server=None) -> None:
-    """Bring up what a flow run needs, overlapped: Prefect's server and Ray (with the first
-    stage's actors) both take seconds, and one after the other they dominate a small build.
-
-    ``server``: a :class:`pipeline.prefect_server.LocalPrefectServer` already booting (the
-    CLI starts one before importing Prefect); it is waited for after Ray is up. Without one,
-    and with no ``PREFECT_API_URL``, Prefect's own ephemeral server is started in a thread.
-
-    Raises:
-        RuntimeError: the Prefect server did not start.
-    """
-    import os
-    import threading
-
-    from pipeline.executor import ensure_ray, warm_pool
-
-    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
-    thread = None
-    if server is None and not os.environ.get("PREFECT_API_URL"):
-        from prefect.server.api.server import SubprocessASGIServer
-
-        thread = threading.Thread(target=SubprocessASGIServer().start, kwargs={"timeout": timeout}, daemon=True)
-        thread.start()
-    ensure_ray(pipe.cfg)
-    warm_pool(pipe, pipe.stages[0])
-    if server is not None:
-        server.wait_ready(timeout)
-    if thread is not None:
-        thread.join()
+from recipes import recipe_stages
 
 
 def open_pipeline(config_path: str, overrides: list[str] | None = None) -> Pipeline:
+    """The build config at ``config_path`` (with ``overrides``) bound to its recipe's stages.
+
+    Raises:
+        ConfigError: a bad config or an unknown recipe.
+    """
     cfg = load_config(config_path, overrides)
-    return Pipeline(cfg, flow_stages(cfg.flow))
+    return Pipeline(cfg, recipe_stages(cfg))
 
 
 def _artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
-@task(name="run-stage", retries=1, retry_delay_seconds=5, task_run_name="{stage_name}")
+@task(name="run-stage", retries=0, task_run_name="{stage_name}")
 def stage_task(config_path: str, overrides: list[str], stage_name: str, force: bool = False,
                parts: list[int] | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run one stage's parts on Ray (resuming: parts already done are skipped)."""
@@ -70,7 +48,7 @@ def stage_task(config_path: str, overrides: list[str], stage_name: str, force: b
             "finalized": run.finalized}
 
 
-@task(name="stage-report", retries=1, retry_delay_seconds=5, task_run_name="{stage_name}-report")
+@task(name="stage-report", retries=0, task_run_name="{stage_name}-report")
 def report_task(config_path: str, overrides: list[str], stage_name: str) -> dict[str, Any]:
     """Publish a finished stage's report: files next to its manifest and a Prefect artifact."""
     logger = get_run_logger()

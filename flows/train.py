@@ -41,7 +41,8 @@ def build_and_train(config_path: str, stage: str = "pretrain", output_dir: str =
     if failed:
         raise RuntimeError(f"corpus build has failed parts {failed}; fix them before training")
     pipe = open_pipeline(config_path, overrides)
-    shard_dirs = [pipe.storage.url_of(f"{pipe.cfg.corpus}/{pipe.configs[s.name].shard_dir}")
-                  for s in pipe.stages if hasattr(pipe.configs[s.name], "shard_dir")]
+    shard_dirs = [pipe.storage.url_of(o.path) for o in pipe.outputs("shards")]
+    if not shard_dirs:
+        raise RuntimeError(f"recipe {pipe.cfg.flow!r} publishes no shards to train on")
     code = launch_training(stage, shard_dirs, output_dir, train_config, train_overrides, dry_run)
     return {"shards": shard_dirs, "output_dir": output_dir, "exit_code": code}

@@ -1,10 +1,12 @@
-"""The ``livecc`` command line.
+"""The ``livecc`` command line: the top of the tree, above the engine (``pipeline/``), the
+recipes (``recipes/``), the Prefect flows (``flows/``) and ``train/``.
 
 Every command takes the build config file (YAML) that names the corpus, its root and its
-stages; ``--set KEY=VALUE`` overrides a key for one run (``--set stages.ingest.path=/data``).
+recipe; ``--set KEY=VALUE`` overrides a key for one run (``--set stages.ingest.path=/data``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,17 +18,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
+#: set (unless already set) when a command starts, before anything reads them
+COMMAND_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
                "PREFECT_LOGGING_EXTRA_LOGGERS": "livecc",
                # engine logs outside a flow run (status, tests) stay local instead of warning
-               "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-               # a loaded 2-core machine needs more than the default to start the ephemeral server
-               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}.items():
-    os.environ.setdefault(_k, _v)
+               "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}
 
 app = typer.Typer(help="livecc-pipeline: build streaming video-LLM corpora from YouTube videos and captions "
                        "(Prefect flows, Ray workers), inspect them and train on them.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _command_env() -> None:
+    for k, v in COMMAND_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 stage_app = typer.Typer(help="Run or list single stages of a build.", no_args_is_help=True)
 inspect_app = typer.Typer(help="Look inside outputs: shard samples, talking-head decisions.", no_args_is_help=True)
 config_app = typer.Typer(help="Show the resolved config (every default filled in) to diff builds.", no_args_is_help=True)
@@ -50,37 +58,36 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _pipeline(config: Path, overrides: list[str] | None):
-    from flows import flow_stages
+    """The config bound to its recipe; a bad config or an unknown recipe exits 2 with the
+    file and key named (before Prefect or Ray is imported)."""
     from pipeline.config import ConfigError, load_config
     from pipeline.executor import Pipeline
+    from recipes import recipe_stages
 
     try:
         cfg = load_config(config, overrides)
-        return Pipeline(cfg, flow_stages(cfg.flow))
+        return Pipeline(cfg, recipe_stages(cfg))
     except (ConfigError, KeyError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}")
         raise typer.Exit(2)
 
 
-def _start_services(pipe):
-    """A temporary Prefect server (unless PREFECT_API_URL names one) launched before Prefect
-    is imported, then Ray and the first stage's actors while it boots. The server stops at
-    interpreter exit, after Prefect has sent its last logs and events to it.
+@contextlib.contextmanager
+def _services(pipe):
+    """The Prefect API for the flow run (a temporary local server unless ``PREFECT_API_URL``
+    names one) and Ray with the first stage's actors, started while the server boots.
 
     Raises:
-        RuntimeError: the Prefect server did not start (it is stopped first).
+        RuntimeError: the Prefect server did not start.
     """
-    from pipeline.prefect_server import start_local_server
+    from pipeline.executor import ensure_ray, warm_pool
+    from pipeline.prefect_server import PrefectServer
 
-    server = start_local_server()
-    try:
-        from flows.build import prepare_services
-
-        prepare_services(pipe, server)
-    except BaseException:
-        if server is not None:
-            server.stop()
-        raise
+    with PrefectServer(wait=False) as server:
+        ensure_ray(pipe.cfg)
+        warm_pool(pipe, pipe.stages[0])
+        server.wait_ready()
+        yield server
 
 
 def _parse_parts(spec: str | None) -> list[int] | None:
@@ -112,14 +119,10 @@ def _ranges(ids: list[int]) -> str:
 
 
 def _print_outputs(pipe) -> None:
-    from pipeline.manifest import load_manifest
-
-    for s in pipe.stages:
-        shard_dir = getattr(pipe.configs[s.name], "shard_dir", None)
-        if shard_dir:
-            fin = (load_manifest(pipe.storage, pipe.stage_dir(s.name), s.name).finalize or {}).get("summary") or {}
-            what = f" ({fin['samples']} samples in {fin['shards']} shards)" if "samples" in fin else ""
-            out.print(f"shards:  {pipe.storage.url_of(f'{pipe.cfg.corpus}/{shard_dir}')}{what}")
+    for o in pipe.outputs():
+        c = o.counts
+        what = f" ({c['samples']} samples in {c['shards']} shards)" if {"samples", "shards"} <= set(c) else ""
+        out.print(f"{o.kind + ':':<8} {pipe.storage.url_of(o.path)}{what}")
     out.print(f"reports: {pipe.storage.url_of(pipe.cfg.corpus)}/<stage>/_report.md")
 
 
@@ -140,10 +143,10 @@ def build(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
         out.print(f"Nothing to do: all {len(pipe.stages)} stages of {pipe.cfg.corpus!r} are up to date.")
         _print_outputs(pipe)
         return
-    _start_services(pipe)
-    from flows.build import build_corpus
+    with _services(pipe):
+        from flows.build import build_corpus
 
-    results = build_corpus(str(config), set_ or [], force=force, progress=progress)
+        results = build_corpus(str(config), set_ or [], force=force, progress=progress)
     failed = {r["stage"]: r["failed"] for r in results if r["failed"]}
     t = Table(title=f"corpus {pipe.cfg.corpus!r}")
     for col in ("stage", "parts run", "skipped", "failed", "kept", "rejected", "errors"):
@@ -175,10 +178,10 @@ def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc sta
     except KeyError as exc:
         console.print(f"[red]error:[/red] {exc.args[0]}")
         raise typer.Exit(2)
-    _start_services(pipe)
-    from flows.build import rerun_stage
+    with _services(pipe):
+        from flows.build import rerun_stage
 
-    r = rerun_stage(str(config), stage, set_ or [], parts=_parse_parts(parts), force=force, progress=progress)
+        r = rerun_stage(str(config), stage, set_ or [], parts=_parse_parts(parts), force=force, progress=progress)
     c = r["counts"]
     out.print(f"{stage}: ran parts [{_ranges(sorted(r['ran']))}], skipped {r['skipped']}, failed {len(r['failed'])}; "
               f"kept {c.get('kept', 0)}, rejected {c.get('rejected', 0)}, errors {c.get('errors', 0)}")
@@ -266,7 +269,7 @@ def inspect_talking_head(media: Path = typer.Argument(..., exists=True, dir_okay
 
     cfg = TalkingHead.Config(**({"model_dir": str(model_dir)} if model_dir else {}))
     if end is None:
-        from stages.ingest import probe_media
+        from stages.videos import probe_media
         end = probe_media(str(media))["duration"]
     stats = render(str(media), start, end, str(out_path), cfg)
     out.print(f"wrote {out_path}; talking_head_ratio={stats.get('talking_head_ratio')}")
@@ -283,11 +286,14 @@ def serve(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
     """
     _setup_logging()
     _pipeline(config, set_)
-    from prefect import serve as prefect_serve
+    from pipeline.prefect_server import PrefectServer
 
-    from flows.build import deployment
+    with PrefectServer():
+        from prefect import serve as prefect_serve
 
-    prefect_serve(deployment(str(config), cron, name, set_ or []))
+        from flows.build import deployment
+
+        prefect_serve(deployment(str(config), cron, name, set_ or []))
 
 
 @app.command("build-and-train")
@@ -301,11 +307,11 @@ def build_and_train_cmd(config: Path = ConfigArg, set_: Optional[list[str]] = Se
     """Bring a corpus up to date, then train on its shards (one Prefect flow)."""
     _setup_logging(verbose)
     pipe = _pipeline(config, set_)
-    _start_services(pipe)
-    from flows.train import build_and_train
+    with _services(pipe):
+        from flows.train import build_and_train
 
-    r = build_and_train(str(config), stage=stage, output_dir=output_dir, train_config=train_config,
-                        train_overrides=train_set or [], overrides=set_ or [], dry_run=dry_run)
+        r = build_and_train(str(config), stage=stage, output_dir=output_dir, train_config=train_config,
+                            train_overrides=train_set or [], overrides=set_ or [], dry_run=dry_run)
     out.print(f"trained on {r['shards']} -> {r['output_dir']}")
 
 
@@ -336,10 +342,3 @@ def _mount_train() -> None:
 
 _mount_train()
 
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

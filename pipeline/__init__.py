@@ -1,5 +1,5 @@
-"""The engine of livecc-pipeline: stages, parts, storage, Ray execution, manifests, reports, CLI.
-
-It knows stages, parts and resources, but nothing about videos (DESIGN.md section 2).
+"""The engine of livecc-pipeline: the stage contract, config, storage, parts and manifests,
+Ray execution, reports and the Prefect bring-up. It imports no stage, recipe, flow or CLI.
+It knows stages, parts and resources, but nothing about videos (docs/architecture.md).
 """
 __version__ = "0.1.0"

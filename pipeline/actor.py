@@ -2,6 +2,7 @@
 stage (and config) the actor is asked to run, then the stage is reused for later parts."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -18,8 +19,11 @@ class StageWorker:
     def _stage(self, spec: dict[str, Any]) -> Stage:
         cls: type[Stage] = spec["stage_cls"]
         ctx = spec["context"]
-        # the same stage and config may run for several builds (roots) in one session
-        key = (f"{cls.__module__}.{cls.__qualname__}", spec["config_hash"], ctx.storage.url, ctx.corpus)
+        # the whole config, runtime fields (device, proxies, ...) included: a changed setting gets a
+        # fresh stage even where the output hash stays the same; and several builds (roots) may
+        # share one actor within a session
+        key = (f"{cls.__module__}.{cls.__qualname__}", json.dumps(spec["config"], sort_keys=True, default=str),
+               ctx.storage.url, ctx.corpus)
         stage = self._stages.get(key)
         if stage is None:
             stage = cls(cls.Config.model_validate(spec["config"]), spec["context"])

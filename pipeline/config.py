@@ -60,23 +60,34 @@ def _fmt_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _apply_override(data: dict, dotted: str) -> None:
-    if "=" not in dotted:
-        raise ConfigError(f"--set {dotted!r}: expected KEY=VALUE")
-    key, raw = dotted.split("=", 1)
-    node = data
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted!r}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "--set") -> dict[str, Any]:
+    """``data`` with ``KEY=VALUE`` overrides merged in (dotted keys, YAML values), through
+    OmegaConf's dot-list parser, which ``train/`` uses too.
+
+    Raises:
+        ConfigError: an override that is not ``KEY=VALUE``.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for o in overrides:
+        if "=" not in o or not o.split("=", 1)[0].strip():
+            raise ConfigError(f"{where} {o!r}: expected KEY=VALUE")
+    if not overrides:
+        return data
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return OmegaConf.to_container(merged, resolve=False)
 
 
-def _resolve_local(path: str, base: Path) -> str:
+def resolve_local(path: str, base: str | os.PathLike) -> str:
+    """A local path from a config file, made absolute against ``base`` (the file's folder);
+    URLs and absolute paths are returned as they are."""
     if "://" in path or os.path.isabs(path):
         return path
-    return str((base / os.path.expanduser(path)).resolve())
+    return str((Path(base) / os.path.expanduser(path)).resolve())
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> BuildConfig:
@@ -94,26 +105,32 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    for o in overrides or []:
-        _apply_override(data, o)
+    data = apply_overrides(data, list(overrides or []))
     try:
         cfg = BuildConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(f"{path}: {_fmt_loc(err['loc'])}: {err['msg']}") from None
     base = path.resolve().parent
-    cfg.root = _resolve_local(cfg.root, base)
+    cfg.root = resolve_local(cfg.root, base)
     cfg.path = str(path.resolve())
     return cfg
 
 
 def stage_config(cfg: BuildConfig, stage: type[Stage]) -> StageConfig:
-    """Validate the ``stages.<name>`` section with the stage's config model.
+    """Validate the ``stages.<name>`` section with the stage's config model. Keys the section
+    leaves unset take their value from the sections its model ``inherits`` from (the media
+    stage takes crawl's network settings); local path fields are made absolute against the
+    config file's folder.
 
     Raises:
         ConfigError: naming the file and the dotted key.
     """
     raw = dict(cfg.stages.get(stage.name) or {})
+    for source, fields in stage.Config.inherits.items():
+        for key, value in (cfg.stages.get(source) or {}).items():
+            if key in fields and key not in raw:
+                raw[key] = value
     try:
         sc = stage.Config.model_validate(raw)
     except ValidationError as exc:
@@ -123,7 +140,7 @@ def stage_config(cfg: BuildConfig, stage: type[Stage]) -> StageConfig:
     # Stage configs may declare local path fields; resolve them like the top-level root.
     for name, field in type(sc).model_fields.items():
         if (field.json_schema_extra or {}).get("local_path") and isinstance(getattr(sc, name), str):
-            setattr(sc, name, _resolve_local(getattr(sc, name), base))
+            setattr(sc, name, resolve_local(getattr(sc, name), base))
     return sc
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.config import BuildConfig, check_stage_sections, config_hash, stage_config
 from pipeline.manifest import (DONE, FAILED, PENDING, STALE, Manifest, PartEntry, load_manifest, now,
                                save_manifest)
-from pipeline.stage import Resources, Stage, StageContext
+from pipeline.stage import Output, Resources, Stage, StageContext
 from pipeline.storage import Storage, part_name
 from pipeline.worker import items_fingerprint
 
@@ -78,15 +78,19 @@ class Pipeline:
         return f"{self.cfg.corpus}/{name}"
 
     def context(self, stage: type[Stage], part: int | None = None) -> StageContext:
-        build = self.cfg.model_dump(mode="json")
-        # stages that resolve paths relative to the config file (as the config loader does) need its folder
-        build["config_path"] = self.cfg.path
-        build["config_dir"] = os.path.dirname(self.cfg.path) if self.cfg.path else None
         return StageContext(storage=self.storage, corpus=self.cfg.corpus, stage_dir=self.stage_dir(stage.name),
-                            part=part, build=build)
+                            part=part, build=self.cfg.model_dump(mode="json"))
 
     def instantiate(self, stage: type[Stage]) -> Stage:
         return stage(self.configs[stage.name], self.context(stage))
+
+    def outputs(self, kind: str | None = None) -> list[Output]:
+        """What the stages publish (e.g. ``kind="shards"``), with their finalize counts."""
+        found = []
+        for s in self.stages:
+            summary = (load_manifest(self.storage, self.stage_dir(s.name), s.name).finalize or {}).get("summary")
+            found += [o for o in self.instantiate(s).outputs(summary) if kind is None or o.kind == kind]
+        return found
 
     # -- plans and inputs ------------------------------------------------------------
     def plan(self, stage: type[Stage], save: bool) -> list[list[dict[str, Any]]]:
@@ -96,7 +100,7 @@ class Pipeline:
         saved = self.storage.read_json(path)
         h = self.hashes[stage.name]
         parts: list[list[dict]] = saved["parts"] if saved and saved.get("config_hash") == h else []
-        if parts and not getattr(stage, "replan", True):
+        if parts and not stage.replan:
             return parts
         inst = self.instantiate(stage)
         key = inst.key

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.manifest import DONE, load_manifest
 from pipeline.storage import part_name
@@ -78,28 +77,22 @@ def build_report(pipeline, stage_name: str) -> dict[str, Any]:
         "error_types": dict(errors.most_common()), "error_examples": err_examples,
         "worker_seconds": round(seconds, 2), "histograms": {},
     }
-    hist_cols = dict(stage.report_histograms)
-    if hist_cols:
-        need = [c for c in hist_cols if c != "duration"] + (["start", "end"] if "duration" in hist_cols else [])
-        t = _columns(pipeline, stage, done, "", need)
-        for col, label in hist_cols.items():
-            if t is None:
-                break
-            if col == "duration" and {"start", "end"} <= set(t.column_names):
-                arr = pc.subtract(t["end"], t["start"])
-            elif col in t.column_names:
-                arr = t[col]
-            else:
-                continue
-            values = np.asarray(arr.drop_null().to_numpy(zero_copy_only=False), dtype=float)
-            values = values[np.isfinite(values)]
-            if len(values) == 0:
-                continue
-            name = f"{col}_hist.png"
-            pipeline.storage.write_bytes(f"{sdir}/{name}", _histogram_png(values, label, f"{stage_name}: {col}"))
-            report["histograms"][col] = {"png": pipeline.storage.url_of(f"{sdir}/{name}"), "n": int(len(values)),
-                                         "min": float(values.min()), "median": float(np.median(values)),
-                                         "max": float(values.max())}
+    hists = stage.report_histograms
+    need = sorted({c for h in hists.values() for c in h.columns})
+    t = _columns(pipeline, stage, done, "", need) if hists else None
+    for col, h in hists.items():
+        if t is None or not set(h.columns) <= set(t.column_names):
+            continue
+        arr = h.compute(t) if h.compute else t[h.columns[0]]
+        values = np.asarray(arr.drop_null().to_numpy(zero_copy_only=False), dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values) == 0:
+            continue
+        name = f"{col}_hist.png"
+        pipeline.storage.write_bytes(f"{sdir}/{name}", _histogram_png(values, h.label, f"{stage_name}: {col}"))
+        report["histograms"][col] = {"png": pipeline.storage.url_of(f"{sdir}/{name}"), "n": int(len(values)),
+                                     "min": float(values.min()), "median": float(np.median(values)),
+                                     "max": float(values.max())}
     report["markdown"] = to_markdown(report)
     pipeline.storage.write_json(f"{sdir}/_report.json", {k: v for k, v in report.items() if k != "markdown"})
     pipeline.storage.write_bytes(f"{sdir}/_report.md", report["markdown"].encode())

@@ -52,6 +52,13 @@ class Storage:
         protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
         return f"{protocol}://{self.full(path)}"
 
+    def resolve(self, path: str) -> str:
+        """A path as stored in a row (``media_path``), made openable: URLs and absolute paths
+        as they are, a relative path under this root (as the media stage writes it)."""
+        if "://" in path or os.path.isabs(path):
+            return path
+        return self.url_of(path)
+
     # -- basic I/O -----------------------------------------------------------------
     def exists(self, path: str) -> bool:
         return self.fs.exists(self.full(path))

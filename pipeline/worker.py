@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import schemas
 from pipeline.stage import Rejected, Stage
@@ -49,6 +50,25 @@ def _isolating_table(rows: list[dict], keys: list[str], schema: pa.Schema, stage
             del keys[exc.row]
 
 
+def run_batches(stage: Stage, rows: list[dict[str, Any]]) -> list[Any]:
+    """All rows of a part through :meth:`Stage.process_batch`, ``resources.batch_size`` rows at
+    a time (``None``: one call with the whole part, even an empty one: a whole-part stage
+    writes its per-part files anyway); entry *i* is the result for ``rows[i]``.
+
+    Raises:
+        RuntimeError: the stage returned a result list of the wrong length.
+    """
+    size = (stage.config.resources or stage.resources).batch_size or max(1, len(rows))
+    results: list[Any] = []
+    for i in range(0, len(rows), size) or [0]:
+        batch = rows[i:i + size]
+        out = stage.process_batch(batch)
+        if len(out) != len(batch):
+            raise RuntimeError(f"{stage.name}.process_batch returned {len(out)} results for {len(batch)} rows")
+        results.extend(out)
+    return results
+
+
 def execute_part(stage: Stage, storage: Storage, part: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Process one part and write ``part-k``, ``_rejected/part-k`` and ``_errors/part-k``.
 
@@ -62,9 +82,7 @@ def execute_part(stage: Stage, storage: Storage, part: int, rows: list[dict[str,
     t0 = time.perf_counter()
     stage.context.part = part
     name = stage.name
-    results = stage.process_part(rows)
-    if len(results) != len(rows):
-        raise RuntimeError(f"{name}.process_part returned {len(results)} results for {len(rows)} rows")
+    results = run_batches(stage, rows)
     kept, kept_keys, rejected, rejected_keys, errors = [], [], [], [], []
     reasons: Counter[str] = Counter()
     for row, res in zip(rows, results):
@@ -92,8 +110,12 @@ def execute_part(stage: Stage, storage: Storage, part: int, rows: list[dict[str,
         elif storage.exists(path):  # an earlier run's leftovers would be double-counted
             storage.rm(path)
     fingerprint = storage.write_table(f"{stage_dir}/{fname}", table)
+    counts = {"input": len(rows), "kept": table.num_rows, "rejected": rej_table.num_rows, "errors": len(errors)}
+    if stage.count_field:  # several rows per kept item (the shard's member rows): count items
+        counts["rows"] = table.num_rows
+        counts["kept"] = len(pc.unique(table[stage.count_field])) if table.num_rows else 0
     return {
-        "counts": {"input": len(rows), "kept": table.num_rows, "rejected": rej_table.num_rows, "errors": len(errors)},
+        "counts": counts,
         "reasons": dict(reasons),
         "output_fingerprint": fingerprint,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -1,4 +1,4 @@
-"""The pre-training corpus (the paper's Live-CC-5M recipe, DESIGN.md section 5):
+"""The pre-training corpus (the paper's Live-CC-5M recipe, docs/recipes.md):
 ingest -> caption parse -> pre-training clip -> wps filter -> shard."""
 from stages.caption_parse import CaptionParse
 from stages.clip import PretrainClip, WpsFilter

@@ -1,4 +1,4 @@
-"""The SFT corpus (the paper's Live-WhisperX-526K recipe, DESIGN.md section 5):
+"""The SFT corpus (the paper's Live-WhisperX-526K recipe, docs/recipes.md):
 ingest -> category select -> transcribe (Whisper) -> SFT clip (sentence starts) -> wps filter
 -> talking-head filter (face detection + Light-ASD) -> shard.
 

@@ -1,4 +1,4 @@
-"""The pre-training corpus from YouTube (DESIGN.md section 5): crawl (metadata + captions, no
+"""The pre-training corpus from YouTube (docs/recipes.md): crawl (metadata + captions, no
 media) -> caption parse -> pre-training clip -> wps filter -> media (only videos, and only the
 sections, that still have clips) -> talking-head filter -> shard."""
 from stages.caption_parse import CaptionParse

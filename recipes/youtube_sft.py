@@ -1,4 +1,4 @@
-"""The SFT corpus from YouTube (DESIGN.md section 5): crawl (metadata + captions) -> category
+"""The SFT corpus from YouTube (docs/recipes.md): crawl (metadata + captions) -> category
 select -> media (whole videos) -> transcribe (Whisper) -> SFT clip -> wps filter ->
 talking-head filter -> shard. LM-loss filtering and prompt generation go before shard."""
 from stages.category_select import CategorySelect

@@ -1,4 +1,4 @@
-"""Arrow schemas and record types: the contract between stages (DESIGN.md section 3).
+"""Arrow schemas and record types: the contract between stages (docs/architecture.md, "Parts").
 
 Every part file carries :data:`SCHEMA_VERSION` in its Parquet metadata under the key
 ``livecc.schema_version``. Times are seconds (float64) on the media's own clock.

@@ -2,7 +2,7 @@
 
 Pure and stdlib-only, so ``train/`` can import it without the pipeline.
 
-Conversation (DESIGN.md section 5, "shard"; reference ``data/production/to_conversation.py``)::
+Conversation (docs/recipes.md#shard; reference ``data/production/to_conversation.py``)::
 
     [{"role": "user", "content": [
         {"type": "video", "video": <path or url>, "video_start": s, "video_end": s},

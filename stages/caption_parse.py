@@ -1,6 +1,6 @@
 """Caption parse: YouTube closed captions (json3, srv3, VTT, SRT) -> ``words``.
 
-Source: DESIGN.md section 5 "caption parse"; the even split is ``split2words`` in the
+Source: docs/recipes.md#caption_parse; the even split is ``split2words`` in the
 reference's ``data/production/pretrain_to_clips.py`` (showlab/livecc).
 
 Two modes (config ``mode``):

@@ -1,6 +1,6 @@
 """Clipping: a video's words -> 30-240 s clips, and the words-per-second (wps) filter.
 
-Sources (showlab/livecc; DESIGN.md section 5):
+Sources (showlab/livecc; docs/recipes.md#pretrain_clip, #sft_clip, #wps_filter):
 
 * :class:`PretrainClip` -- ``data/production/pretrain_to_clips.py`` (``clip4pretrain``).
   Greedy scan from word *i*: extend *j* while ``words[j].end - words[i].end <= 240 s`` and
@@ -46,10 +46,12 @@ import math
 from operator import itemgetter
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 import schemas
-from pipeline.stage import Rejected, Stage, StageConfig
+from pipeline.stage import Histogram, Rejected, Stage, StageConfig
 
 Mode = Literal["precise", "compat"]
 
@@ -90,12 +92,20 @@ class WpsFilterConfig(StageConfig):
         return self
 
 
+def clip_durations(table: pa.Table) -> pa.Array:
+    """``end - start`` (s) of each clip row."""
+    return pc.subtract(table["end"], table["start"])
+
+
+DURATION_HISTOGRAM = Histogram("clip duration (s)", ("start", "end"), clip_durations)
+
+
 class _ClipStage(Stage):
     """Shared body of the clip stages: one transcript row -> its clip rows, or ``no_clip``."""
 
     input_schema = schemas.TRANSCRIPTS
     output_schema = schemas.CLIPS
-    report_histograms = {"duration": "clip duration (s)"}
+    report_histograms = {"duration": DURATION_HISTOGRAM}
     #: "end" or "start": which word time the gap rule compares (for the no_clip detail)
     _gap_on: str
 
@@ -164,7 +174,8 @@ class WpsFilter(Stage):
     Config = WpsFilterConfig
     input_schema = schemas.CLIPS
     output_schema = schemas.CLIPS
-    report_histograms = {"wps": "words per second", "duration": "clip duration (s)"}
+    key_field = "clip_id"
+    report_histograms = {"wps": Histogram("words per second", ("wps",)), "duration": DURATION_HISTOGRAM}
 
     def process(self, row: dict[str, Any]) -> list[dict[str, Any] | Rejected]:
         words = row.get("words") or []

@@ -1,8 +1,8 @@
 """Shard: WebDataset tar shards with a seek index, a wids-style shard list and the
-reference's JSONL-with-seeks (DESIGN.md section 5, "shard"; reference
+reference's JSONL-with-seeks (docs/recipes.md#shard; reference
 ``data/production/to_conversation.py`` and ``append_jsonl_seeks.py``).
 
-Per part (:meth:`Shard.process_part`) the stage writes ``<corpus>-<part:05d>-<n:03d>.tar``
+Per part (:meth:`Shard.process_batch`, one call per part) the stage writes ``<corpus>-<part:05d>-<n:03d>.tar``
 into ``<root>/<corpus>/<shard_dir>/`` with ``webdataset.TarWriter``. Each clip is one
 sample keyed by its clip_id, holding ``json`` (:func:`schemas.record.sample_json`) and,
 when ``include_mp4`` and the clip has media, ``mp4``: the clip cut from its media. A shard
@@ -59,7 +59,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 import schemas
-from pipeline.stage import Resources, Stage, StageConfig
+from pipeline.stage import Output, Resources, Stage, StageConfig
 from pipeline.storage import part_name
 from schemas.record import sample_json
 from schemas.seek_index import INDEX_NAME, SEEK_INDEX, SHARDLIST_NAME, jsonl_name
@@ -87,6 +87,13 @@ class ShardConfig(StageConfig):
         description="seconds a clip may start before / end after its media file before the cut is an error "
                     "(caption times often overshoot the last frame a little); the cut is clamped to the file")
 
+    @field_validator("resources")
+    @classmethod
+    def _whole_parts(cls, v: Resources | None) -> Resources | None:
+        if v is not None and v.batch_size is not None:
+            raise ValueError("the shard stage writes each part's shards in one batch: leave batch_size unset")
+        return v
+
     @field_validator("shard_dir")
     @classmethod
     def _relative_dir(cls, v: str) -> str:
@@ -101,20 +108,20 @@ class MediaCutError(RuntimeError):
 
 
 class Shard(Stage):
-    """Clips -> WebDataset shards + seek index (see the module docstring)."""
+    """Clips -> WebDataset shards + seek index (see the module docstring). One batch is the
+    whole part: a part's samples go into that part's shards."""
 
     name = "shard"
     Config = ShardConfig
     input_schema = schemas.CLIPS
     output_schema = SEEK_INDEX
-    resources = Resources(num_cpus=1, batch_size=1000)
+    resources = Resources(num_cpus=1, batch_size=None)
+    key_field = "clip_id"
+    count_field = "key"  # one output row per member; a sample is one key
     config: ShardConfig
 
     # -- per part ----------------------------------------------------------------
-    def process(self, row: dict[str, Any]):
-        raise NotImplementedError("the shard stage works on whole parts: call process_part")
-
-    def process_part(self, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]] | BaseException]:
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]] | BaseException]:
         """Write the part's shards; entry *i* is ``rows[i]``'s SEEK_INDEX rows, or the
         exception that item raised (bad clip id, bad words, media cut failure).
 
@@ -169,13 +176,13 @@ class Shard(Stage):
         media_path = row.get("media_path")
         # caption-only corpora may have neither media nor a URL: the video id is then the
         # reference, and the consumer maps ids to media (as the reference's `video` paths do)
-        video = self._media_url(media_path) if media_path else (row.get("url") or row["video_id"])
+        video = self.context.storage.resolve(media_path) if media_path else (row.get("url") or row["video_id"])
         with_mp4 = bool(self.config.include_mp4 and media_path)
         record = sample_json(row, video, with_mp4)
         members = {"json": json.dumps(record, ensure_ascii=False).encode("utf-8")}
         if with_mp4:
             offset = row.get("media_offset") or 0.0
-            members["mp4"], lead_s = cut_clip(self._media_url(media_path), row["start"] - offset, row["end"] - offset,
+            members["mp4"], lead_s = cut_clip(self.context.storage.resolve(media_path), row["start"] - offset, row["end"] - offset,
                                               tolerance_s=self.config.range_tolerance_s, return_lead=True)
             # the muxer's edit list starts at the first frame at or after the clip start: that
             # frame, not the requested start, is the member's time 0
@@ -183,13 +190,6 @@ class Shard(Stage):
             members["json"] = json.dumps(record, ensure_ascii=False).encode("utf-8")
         line = (json.dumps(record["conversation"], ensure_ascii=False) + "\n").encode("utf-8")
         return members, line
-
-    def _media_url(self, media_path: str) -> str:
-        """A media path as stored in the clip, made openable: absolute paths and URLs as
-        they are, relative paths under the corpus root."""
-        if "://" in media_path or os.path.isabs(media_path):
-            return media_path
-        return self.context.storage.url_of(media_path)
 
     def _tmp_dir(self, label: str) -> str:
         """A private scratch folder for this part's shards. On a local root it lies inside the
@@ -255,6 +255,11 @@ class Shard(Stage):
         jsonl_bytes = self._write_jsonl(shard_dir, jsonl_parts)
         return {"samples": n_samples, "shards": len(shardlist), "bytes": sum(s["filesize"] for s in shardlist),
                 "members": index.num_rows, "jsonl_bytes": jsonl_bytes}
+
+    def outputs(self, summary: dict[str, Any] | None) -> list[Output]:
+        """The shard folder, with its sample and shard counts once finalized."""
+        counts = {k: int(summary[k]) for k in ("samples", "shards") if k in (summary or {})}
+        return [Output("shards", self.context.corpus_path(self.config.shard_dir), counts)]
 
     def _write_jsonl(self, shard_dir: str, parts: list[tuple[int, str, Any]]) -> int:
         """Concatenate the parts' conversation lines, streaming, and append the byte seeks."""

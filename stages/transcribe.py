@@ -1,4 +1,4 @@
-"""Re-transcription with Whisper: the Live-WhisperX SFT corpus's text stream (DESIGN.md section 5,
+"""Re-transcription with Whisper: the Live-WhisperX SFT corpus's text stream (docs/recipes.md#transcribe,
 "transcribe (WhisperX)"; the paper's Live-WhisperX-526K).
 
 Source: ``data/production/distributed_whisperx.py`` in showlab/livecc. Its "WhisperX" step is
@@ -52,7 +52,7 @@ import numpy as np
 from pydantic import Field
 
 import schemas
-from pipeline.stage import Rejected, Resources, Result, Stage, StageConfig
+from pipeline.stage import Histogram, Rejected, Resources, Result, Stage, StageConfig
 from stages.audio import SAMPLE_RATE_HZ, NoAudioStreamError, extract_audio, peak_dbfs
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class TranscribeConfig(StageConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = Field("auto", description="CTranslate2 compute type; auto: float16 on cuda, int8 on cpu")
     cpu_threads: int = Field(0, ge=0, description="CTranslate2 threads on cpu (0: its default)")
-    batch_size: int = Field(16, ge=1, description="30-s windows per decoder batch (reference: 16)")
+    batch_size: int = Field(16, ge=1, description="videos per decoding round and 30-s windows per decoder "
+                            "batch (reference: 16)")
     beam_size: int = Field(5, ge=1, description="beam search width (faster-whisper default, as the reference)")
     max_new_tokens: int | None = Field(None, ge=1, description="cap on tokens per window (None: the model's 448)")
     language: str | None = Field(None, description="force a language code (None: detect per video)")
@@ -136,8 +137,8 @@ class Transcribe(Stage):
     output_schema = schemas.TRANSCRIPTS
     # One model per actor. On GPU nodes set stages.transcribe.resources.num_gpus: 1 (the
     # default asks for none so CPU-only installs schedule it).
-    resources = Resources(num_cpus=1, num_gpus=0, batch_size=16)
-    report_histograms = {"lang_score": "detected-language probability"}
+    resources = Resources(num_cpus=1, num_gpus=0, batch_size=None)
+    report_histograms = {"lang_score": Histogram("detected-language probability", ("lang_score",))}
 
     config: TranscribeConfig
 
@@ -194,11 +195,8 @@ class Transcribe(Stage):
                  self.device, self.compute_type)
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[Result | BaseException]:
-        return self._run(rows)
-
-    def process_part(self, rows: list[dict[str, Any]]) -> list[Result | BaseException]:
-        """All rows of a part, ``resources.batch_size`` rows per packed decoding round, with
-        audio decoding for the next round running on threads meanwhile."""
+        """The rows (by default a whole part), ``batch_size`` videos per packed decoding round,
+        with the audio of the next round decoding on threads meanwhile."""
         return self._run(rows)
 
     def transcribe_clips(self, clips: list[AudioClip]) -> list[Transcript | BaseException]:
@@ -223,7 +221,7 @@ class Transcribe(Stage):
             raise RuntimeError("call setup() first")
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.config.extract_workers, thread_name_prefix="transcribe-audio")
-        size = (self.config.resources or self.resources).batch_size
+        size = self.config.batch_size
         self.timings = []
         pending: deque[Future] = deque()
         submitted = 0
@@ -246,7 +244,9 @@ class Transcribe(Stage):
         try:
             if row.get("has_audio") is False:
                 return Rejected(row, "no_audio", "has_audio is false: the media has no audio stream")
-            path = self._media_url(row.get("media_path"))
+            if not row.get("media_path"):
+                raise ValueError("row has no media_path: download the media first (video_media stage)")
+            path = row["media_path"] if self.context is None else self.context.storage.resolve(row["media_path"])
             t0 = time.perf_counter()
             try:
                 audio = extract_audio(path, sample_rate_hz=SAMPLE_RATE_HZ)
@@ -255,13 +255,6 @@ class Transcribe(Stage):
             return self._prepare(AudioClip(self.key(row), audio, 0.0), extract_s=time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - per-item isolation is the contract
             return exc
-
-    def _media_url(self, media_path: str | None) -> str:
-        if not media_path:
-            raise ValueError("row has no media_path: download the media first (crawl media stage)")
-        if "://" in media_path or os.path.isabs(media_path) or self.context is None:
-            return media_path
-        return self.context.storage.url_of(media_path)  # root-relative, as the shard stage reads it
 
     def _prepare(self, clip: AudioClip, extract_s: float) -> "_Item":
         from faster_whisper.vad import VadOptions, get_speech_timestamps

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.conftest import FIXTURES
 
-#: id -> fixture files, in yt-dlp naming (DESIGN.md "local" source)
+#: id -> fixture files, in yt-dlp naming (docs/recipes.md#ingest)
 GOOD = {
     "manifesto01": {"mp4": "video/videogrep_manifesto_narration.mp4", "en.vtt": "captions/videogrep_manifesto_auto.en.vtt"},
     "lesson00001": {"en.json3": "captions/ytenglishhub_english_lesson_asr.en.json3"},

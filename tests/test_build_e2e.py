@@ -24,7 +24,7 @@ import yaml
 from tests.archive import link_fixtures, write_bad_inputs
 
 pytestmark = pytest.mark.slow
-LIVECC = [sys.executable, "-m", "pipeline.cli"]
+LIVECC = [sys.executable, "-m", "livecc"]
 
 
 def write_config(tmp: Path, root: Path, archive: Path, **stage_overrides) -> Path:

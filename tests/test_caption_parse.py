@@ -1,6 +1,6 @@
 """Caption parse on the real caption fixtures (../shared/fixtures/captions) and on bad input
 written here. Pure parsing functions are tested directly; the Stage is run through
-``process_part`` and its outputs through ``schemas.rows_to_table``."""
+``process_batch`` and its outputs through ``schemas.rows_to_table``."""
 from __future__ import annotations
 
 import difflib
@@ -319,7 +319,7 @@ def test_all_negative_times_are_rejected(tmp_path):
                       {"tStartMs": "soon", "dDurationMs": 1000, "segs": [{"utf8": "too"}]}]}
     path = tmp_path / "neg.en.json3"
     path.write_text(json.dumps(doc))
-    [result] = make_stage(tmp_path).process_part([video_row("neg", path, "json3")])
+    [result] = make_stage(tmp_path).process_batch([video_row("neg", path, "json3")])
     [rejected] = result
     assert isinstance(rejected, Rejected) and rejected.reason == "no_valid_timestamps"
     assert "2 words" in rejected.detail
@@ -337,7 +337,7 @@ def test_latin1_srt_decodes(tmp_path):
     assert decode_caption(b"\xef\xbb\xbf" + original.encode("utf-8")) == original  # UTF-8 with BOM
     path = tmp_path / "latin1.en.srt"
     path.write_bytes(data)
-    [[row]] = make_stage(tmp_path).process_part([video_row("latin1", path, "srt")])
+    [[row]] = make_stage(tmp_path).process_batch([video_row("latin1", path, "srt")])
     assert {"café", "déjà", "señor", "naïve", "bientôt"} <= set(texts(row["words"]))
 
 
@@ -361,7 +361,7 @@ def test_binary_and_empty_input_raise_clear_errors(tmp_path):
             video_row("empty", tmp_path / "empty.en.srt", "srt"),
             video_row("prose", tmp_path / "prose.en.srt", "srt"),
             video_row("gone", tmp_path / "missing.en.vtt", "vtt")]
-    results = make_stage(tmp_path).process_part(rows)
+    results = make_stage(tmp_path).process_batch(rows)
     for row, result, problem in zip(rows, results, ["not text", "empty", "malformed SRT", "not found"]):
         assert isinstance(result, CaptionError), result
         assert row["caption_path"] in str(result) and problem in str(result)
@@ -390,7 +390,7 @@ def video_row(video_id: str, path, fmt: str | None, kind: str = "auto") -> dict:
 
 
 @pytest.mark.parametrize("mode", ["precise", "compat"])
-def test_stage_process_part(tmp_path, mode):
+def test_stage_process_batch(tmp_path, mode):
     rows = [
         video_row("lesson", fixture_path(*LESSON_JSON3), "json3"),
         video_row("manifesto", fixture_path(*MANIFESTO_VTT), "vtt"),
@@ -402,7 +402,7 @@ def test_stage_process_part(tmp_path, mode):
     ]
     (tmp_path / "empty.vtt").write_bytes(b"")
     stage = make_stage(tmp_path, mode=mode)
-    results = stage.process_part(rows)
+    results = stage.process_batch(rows)
     assert len(results) == len(rows)
     outputs = [r for res in results if isinstance(res, list) for r in res if not isinstance(r, Rejected)]
     rejected = {r.row["video_id"]: r for res in results if isinstance(res, list)
@@ -426,7 +426,7 @@ def test_stage_rejects_caption_with_no_words(tmp_path):
     path = tmp_path / "music.en.vtt"
     path.write_text("WEBVTT\n\n00:00:00.270 --> 00:00:11.350\n[Music]\n\n"
                     "00:00:11.360 --> 00:00:15.070\n♪ ♪ >>\n")
-    [[rejected]] = make_stage(tmp_path).process_part([video_row("music", path, "vtt", kind="manual")])
+    [[rejected]] = make_stage(tmp_path).process_batch([video_row("music", path, "vtt", kind="manual")])
     assert isinstance(rejected, Rejected) and rejected.reason == "no_words"
 
 
@@ -434,7 +434,7 @@ def test_stage_reads_fsspec_urls(tmp_path):
     fs = fsspec.filesystem("memory")
     fs.pipe("/captions/meow.en.vtt", fixture_path(*MEOW_VTT).read_bytes())
     try:
-        [[out]] = make_stage(tmp_path).process_part(
+        [[out]] = make_stage(tmp_path).process_batch(
             [video_row("meow", "memory://captions/meow.en.vtt", "vtt")])
     finally:
         fs.rm("/captions", recursive=True)

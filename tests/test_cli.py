@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from livecc.cli import app
 
 runner = CliRunner()
 
@@ -39,7 +39,7 @@ def test_config_show_fills_every_default_and_resolves_paths(tmp_path):
 
 
 def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "status",
+    proc = subprocess.run([sys.executable, "-m", "livecc", "status",
                            str(_config(tmp_path, wps_filter={"max_wps": "fast"}))], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "c.yaml: stages.wps_filter.max_wps" in proc.stderr and "Traceback" not in proc.stderr
@@ -52,3 +52,31 @@ def test_scheduled_build_deployment_carries_cron_and_config(tmp_path):
     assert dep.name == "c-build"
     assert dep.parameters["config_path"] == str(tmp_path / "c.yaml")
     assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
+
+
+def test_an_unknown_flow_is_a_config_error_before_prefect_is_imported(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"corpus": "c", "flow": "build", "root": "root"}))
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom livecc.cli import app\n"
+            f"res = CliRunner().invoke(app, ['status', {str(path)!r}])\n"
+            "print('EXIT', res.exit_code, 'PREFECT', 'prefect' in sys.modules, 'RAY', 'ray' in sys.modules)\n"
+            "print(res.output)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "EXIT 2 PREFECT False RAY False" in proc.stdout, proc.stdout + proc.stderr
+    assert f"{path}: flow: no recipe 'build'" in proc.stdout and "pretrain, sft" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_the_engine_imports_no_stage_flow_recipe_or_cli():
+    """Dependencies point one way: pipeline/ knows stages, parts and resources, but no videos."""
+    import ast
+    from pathlib import Path
+
+    above = {"stages", "flows", "recipes", "livecc", "train"}
+    for path in sorted((Path(__file__).resolve().parents[1] / "pipeline").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                assert name.split(".")[0] not in above, f"{path.name} imports {name}"

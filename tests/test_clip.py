@@ -351,7 +351,7 @@ def test_wps_filter_boundaries(tmp_path):
     # wps = len / (last.end - first.end): 41 words / 41 s = 1.0, 41 / 10.25 = 4.0 (both kept)
     rows = [clip_with(41, 41.0), clip_with(41, 10.25), clip_with(41, 10.0), clip_with(41, 41.5),
             clip_with(1, 0.0), {**clip_with(3, 2.0), "words": []}]
-    results = stage.process_part(rows)
+    results = stage.process_batch(rows)
     kept = [r for res in results for r in res if not isinstance(r, Rejected)]
     rejected = [r for res in results for r in res if isinstance(r, Rejected)]
     assert [r["wps"] for r in kept] == [1.0, 4.0]
@@ -367,17 +367,20 @@ def test_wps_filter_boundaries(tmp_path):
     schemas.rows_to_table([{**r.row, "reason": r.reason, "detail": r.detail} for r in rejected],
                           schemas.rejected_schema(schemas.CLIPS))
     assert words_per_second(rows[0]["words"]) == 1.0 and words_per_second([]) is None
-    assert WpsFilter.report_histograms == {"wps": "words per second", "duration": "clip duration (s)"}
+    hists = WpsFilter.report_histograms
+    assert {k: h.label for k, h in hists.items()} == {"wps": "words per second", "duration": "clip duration (s)"}
+    table = schemas.rows_to_table(kept, schemas.CLIPS)
+    assert hists["duration"].compute(table).to_pylist() == pytest.approx([r["end"] - r["start"] for r in kept])
 
 
 def test_wps_filter_thresholds_are_configurable(tmp_path):
-    (res,) = wps_stage(tmp_path, min_wps=0.5, max_wps=0.9).process_part([clip_with(41, 41.0)])
+    (res,) = wps_stage(tmp_path, min_wps=0.5, max_wps=0.9).process_batch([clip_with(41, 41.0)])
     assert isinstance(res[0], Rejected) and res[0].detail == "wps=1.00 > 0.9"
     with pytest.raises(ValidationError):
         WpsFilter.Config(min_wps=5, max_wps=4)
 
 
-# -- the stages through process_part ----------------------------------------------------------
+# -- the stages through process_batch ----------------------------------------------------------
 
 def transcript_row(video_id, words, **extra):
     row = {"video_id": video_id, "source": "local", "url": f"https://www.youtube.com/watch?v={video_id}",
@@ -393,7 +396,7 @@ def clip_stage(cls, tmp_path, **cfg):
 
 
 @pytest.mark.parametrize("mode", ["precise", "compat"])
-def test_pretrain_clip_stage_process_part(tmp_path, lesson_words, mode):
+def test_pretrain_clip_stage_process_batch(tmp_path, lesson_words, mode):
     rows = [
         transcript_row("lesson01", lesson_words),
         transcript_row("withmedia", lesson_words[:400], media_path="/media/withmedia.mp4", has_audio=True,
@@ -405,7 +408,7 @@ def test_pretrain_clip_stage_process_part(tmp_path, lesson_words, mode):
         transcript_row("unsorted", [{"start": 2.0, "end": 3.0, "text": "a"}, {"start": 1.0, "end": 2.0, "text": "b"}]),
     ]
     stage = clip_stage(PretrainClip, tmp_path, mode=mode)
-    results = stage.process_part(rows)
+    results = stage.process_batch(rows)
     assert len(results) == len(rows)
     lesson, media, short, nowords, bad, nostart, unsorted = results
     assert lesson == [r for r in lesson if not isinstance(r, Rejected)] and len(lesson) >= 3
@@ -430,7 +433,7 @@ def test_pretrain_clip_stage_process_part(tmp_path, lesson_words, mode):
     schemas.rows_to_table([{**r.row, "reason": r.reason, "detail": r.detail} for r in (short[0], nowords[0])],
                           schemas.rejected_schema(schemas.TRANSCRIPTS))
     # the clips feed the wps filter
-    wps = [r for res in wps_stage(tmp_path).process_part(lesson) for r in res]
+    wps = [r for res in wps_stage(tmp_path).process_batch(lesson) for r in res]
     schemas.rows_to_table([r for r in wps if not isinstance(r, Rejected)], schemas.CLIPS)
     assert all(r.row["wps"] is not None for r in wps if isinstance(r, Rejected))
 
@@ -438,7 +441,7 @@ def test_pretrain_clip_stage_process_part(tmp_path, lesson_words, mode):
 def test_no_clip_detail_names_gaps(tmp_path):
     burst = [(k * 0.5, k * 0.5 + 0.5) for k in range(40)]
     words = words_at(burst + [(s + 30, e + 30) for s, e in burst])
-    ((rej,),) = clip_stage(PretrainClip, tmp_path).process_part([transcript_row("gappy", words)])
+    ((rej,),) = clip_stage(PretrainClip, tmp_path).process_batch([transcript_row("gappy", words)])
     assert rej.reason == "no_clip"
     assert rej.detail.startswith("80 words spanning 50.0 s; 1 gap(s) > 3 s between word ends; "
                                  "longest run without one 20.0 s")
@@ -447,7 +450,7 @@ def test_no_clip_detail_names_gaps(tmp_path):
 def test_sft_clip_stage(tmp_path):
     words = whisper_words()
     stage = clip_stage(SftClip, tmp_path, min_clip_sec=5, max_clip_sec=20, max_empty_sec=2)
-    (res, short) = stage.process_part([transcript_row("apollo11", words, transcript_source="whisperx"),
+    (res, short) = stage.process_batch([transcript_row("apollo11", words, transcript_source="whisperx"),
                                        transcript_row("few", words[:5])])
     assert len(res) > 2 and all(not isinstance(r, Rejected) for r in res)
     assert all(5 <= r["end"] - r["start"] <= 20 for r in res)
@@ -456,7 +459,8 @@ def test_sft_clip_stage(tmp_path):
     (rej,) = short
     assert rej.reason == "no_clip" and rej.detail.endswith("2 sentence start(s)")  # "Apollo", "We"
     assert SftClip.name == "sft_clip" and PretrainClip.name == "pretrain_clip"
-    assert SftClip.report_histograms == PretrainClip.report_histograms == {"duration": "clip duration (s)"}
+    assert SftClip.report_histograms == PretrainClip.report_histograms
+    assert PretrainClip.report_histograms["duration"].columns == ("start", "end")
 
 
 def test_clip_config_validation():

@@ -192,6 +192,6 @@ def test_archive_on_an_fsspec_root(tmp_path, srv, ted):
     n = len(srv.hits)
     assert make_crawl(tmp_path, srv, archive_dir=archive).process({"video_id": vid, "url": "u"}) == [row]
     assert len(srv.hits) == n
-    [[media]] = make_media(tmp_path, srv, archive_dir=archive).process_part([clip(media_vid, 10.0, 40.0)])
+    [[media]] = make_media(tmp_path, srv, archive_dir=archive).process_batch([clip(media_vid, 10.0, 40.0)])
     assert media["media_path"].endswith(f"/sections/{media_vid}.9000-41000.mp4") and media["has_audio"] is True
     assert mem.exists(media["media_path"])

@@ -25,9 +25,8 @@ VIDEO_S = 88.08
 def make_media(root, srv, **kw) -> MediaDownload:
     crawl = dict(info_json_source=srv.url("/info/{video_id}.info.json"), requests_per_minute=None,
                  backoff_base_s=0.01, backoff_max_s=0.1, retries=3, socket_timeout_s=2.0)
-    ctx = StageContext(storage=Storage(str(root)), corpus="c", stage_dir="c/media", part=0,
-                       build={"stages": {"crawl": crawl}})
-    stage = MediaDownload(MediaConfig(**kw), ctx)
+    ctx = StageContext(storage=Storage(str(root)), corpus="c", stage_dir="c/media", part=0)
+    stage = MediaDownload(MediaConfig(**{**crawl, **kw}), ctx)  # as the config loader merges crawl's section
     stage.setup()
     return stage
 
@@ -61,7 +60,7 @@ def test_section_download_duration_offset_and_frames(tmp_path, srv, ted):
     media_video(srv, ted, vid)
     clips = [clip(vid, 31.0, 45.0), clip(vid, 50.0, 60.0), clip(vid, 75.0, 86.0)]
     stage = make_media(tmp_path, srv, margin_s=2.0, merge_gap_s=10.0)
-    out = stage.process_part(clips)
+    out = stage.process_batch(clips)
     rows = [r[0] for r in out]
     schemas.validate_rows(rows, schemas.CLIPS)
 
@@ -83,7 +82,7 @@ def test_section_download_duration_offset_and_frames(tmp_path, srv, ted):
 
     # A second run finds the sections and asks the server for nothing.
     n = len(srv.hits)
-    again = make_media(tmp_path, srv).process_part(clips)
+    again = make_media(tmp_path, srv).process_batch(clips)
     assert [r[0] for r in again] == rows and len(srv.hits) == n
 
 
@@ -97,7 +96,7 @@ def test_whole_download_resumes_truncated_and_partial_files(tmp_path, srv, ted):
     partial.mkdir(parents=True)
     (partial / f"{b}.mp4.part").write_bytes(source[:300_000])  # left over by an interrupted run
     stage = make_media(tmp_path, srv, sections=False)
-    out = stage.process_part([clip(a, 10.0, 50.0), clip(b, 0.0, 40.0), clip(a, 55.0, 85.0)])
+    out = stage.process_batch([clip(a, 10.0, 50.0), clip(b, 0.0, 40.0), clip(a, 55.0, 85.0)])
 
     for row in (out[0][0], out[1][0], out[2][0]):
         assert row["media_offset"] == 0.0 and open(row["media_path"], "rb").read() == source
@@ -118,7 +117,7 @@ def test_audio_only_format(tmp_path, srv, ted):
                    check=True)
     # The real info dict's format 140 is m4a audio only; here it serves the fixture's own audio track.
     fixture_video(srv, ted, vid, media={"18": fixture_path(*VIDEO), "140": m4a}, duration=VIDEO_S)
-    [[row]] = make_media(tmp_path / "root", srv, format="audio", margin_s=1.0).process_part([clip(vid, 20.0, 50.0)])
+    [[row]] = make_media(tmp_path / "root", srv, format="audio", margin_s=1.0).process_batch([clip(vid, 20.0, 50.0)])
     assert row["media_path"].endswith(f"{vid}.19000-51000.m4a") and row["media_offset"] == 19.0
     duration, streams = probe(row["media_path"])
     assert streams == ["audio"] and abs(duration - 32.0) <= 1.0
@@ -133,7 +132,7 @@ def test_media_failures_retry_then_become_categorised_errors(tmp_path, srv, ted)
     srv.fail(f"/media/{flaky}.18", "ok", "500")
     srv.fail(f"/media/{gone}.18", *["404"] * 20)        # the media is gone for good
     stage = make_media(tmp_path, srv, retries=2)
-    out = stage.process_part([clip(flaky, 10.0, 40.0), clip(gone, 10.0, 40.0), clip(gone, 50.0, 80.0),
+    out = stage.process_batch([clip(flaky, 10.0, 40.0), clip(gone, 10.0, 40.0), clip(gone, 50.0, 80.0),
                               clip(ok, 0.0, 30.0)])
     assert out[0][0]["media_path"].endswith(f"{flaky}.9000-41000.mp4")
     statuses = [h.status for h in srv.hits_for(f"/media/{flaky}.18")]
@@ -147,21 +146,19 @@ def test_media_failures_retry_then_become_categorised_errors(tmp_path, srv, ted)
 
 def test_whole_video_media_for_the_videos_table(tmp_path, srv, ted):
     from stages.crawl.media import VideoMediaDownload
-
     vid = make_ids(1, "wv")[0]
     media_video(srv, ted, vid)
     crawl = dict(info_json_source=srv.url("/info/{video_id}.info.json"), requests_per_minute=None,
                  backoff_base_s=0.01, backoff_max_s=0.1, retries=3, socket_timeout_s=2.0)
-    ctx = StageContext(storage=Storage(str(tmp_path)), corpus="c", stage_dir="c/video_media", part=0,
-                       build={"stages": {"crawl": crawl}})
-    stage = VideoMediaDownload(MediaConfig(), ctx)
+    ctx = StageContext(storage=Storage(str(tmp_path)), corpus="c", stage_dir="c/video_media", part=0)
+    stage = VideoMediaDownload(VideoMediaDownload.Config(**crawl), ctx)
     stage.setup()
     video = {"video_id": vid, "source": "youtube", "url": f"https://www.youtube.com/watch?v={vid}", "title": "t"}
-    (row,) = stage.process_part([video])[0]
+    (row,) = stage.process_batch([video])[0]
     schemas.validate_rows([row], schemas.VIDEOS)
     assert row["media_path"] == str(tmp_path / "archive" / f"{vid}.mp4") and row["has_audio"]
     duration, streams = probe(row["media_path"])
     assert abs(duration - VIDEO_S) < 1.0 and streams == ["audio", "video"]
     hits = len(srv.hits)
-    assert stage.process_part([video])[0][0]["media_path"] == row["media_path"]
+    assert stage.process_batch([video])[0][0]["media_path"] == row["media_path"]
     assert len(srv.hits) == hits   # already in the archive: no request

@@ -37,8 +37,7 @@ class NumberSource(Stage):
     def plan(self):
         return [{"key": f"k{i:03d}", "n": i} for i in range(self.config.count)]
 
-    def key(self, row):
-        return row["key"]
+    key_field = "key"
 
     def process(self, item):
         if item["n"] == 7:
@@ -65,13 +64,12 @@ class Square(Stage):
             with open(self.config.setup_log, "a") as f:
                 f.write(f"{os.getpid()}\n")
 
-    def key(self, row):
-        return row["key"]
+    key_field = "key"
 
-    def process_part(self, rows):
+    def process_batch(self, rows):
         if self.context.part == self.config.fail_part:
             raise RuntimeError(f"part {self.context.part} is broken")
-        return super().process_part(rows)
+        return super().process_batch(rows)
 
     def process(self, row):
         if row["n"] == self.config.bad_schema_n:

@@ -1,7 +1,7 @@
 """Shard stage (stages/shard.py), seek index (schemas/seek_index.py) and conversation record
 (schemas/record.py), on clips of the real narration video with real recogniser words.
 
-The stage runs as the executor runs it: ``process_part`` per part, the part file written
+The stage runs as the executor runs it: ``process_batch`` per part, the part file written
 with ``Storage.write_table``, then ``finalize``. Every format claim is checked against an
 independent reader: webdataset's own sequential tar reader, tarfile, hashlib, PyAV.
 """
@@ -63,10 +63,10 @@ def good_clips(media: str, words: list[dict]) -> list[dict]:
 
 
 def run_part(root, rows, part=0, corpus="c", **config):
-    """process_part + the part file the executor would write; returns (stage, results)."""
+    """process_batch (the whole part) + the part file the executor would write; returns (stage, results)."""
     storage = Storage(str(root))
     stage = Shard(ShardConfig(**config), StageContext(storage=storage, corpus=corpus, stage_dir=f"{corpus}/shard", part=part))
-    results = stage.process_part(rows)
+    results = stage.process_batch(rows)
     ok = [r for res in results if not isinstance(res, BaseException) for r in res]
     storage.write_table(f"{corpus}/shard/{part_name(part)}", schemas.rows_to_table(ok, SEEK_INDEX))
     return stage, results

@@ -1,6 +1,6 @@
 """Talking-head stage on the real fixture videos with the real weights (issue 4).
 
-The stage runs once over all fixture clips (module fixture, one ``process_part`` call, so the
+The stage runs once over all fixture clips (module fixture, one ``process_batch`` call, so the
 decode/inference pipeline is exercised across clip boundaries); the tests read its results.
 Skips with a reason when ../shared/fixtures or its weights are absent.
 """
@@ -53,7 +53,7 @@ def stage(weights_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(stage):
     names = TALKING_HEADS + NEGATIVES + [MUSIC_FACE] + NO_AUDIO
-    return dict(zip(names, stage.process_part([_row(n) for n in names])))
+    return dict(zip(names, stage.process_batch([_row(n) for n in names])))
 
 
 def _ratio(result) -> float:

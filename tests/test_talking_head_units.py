@@ -336,7 +336,7 @@ def test_tiny_models_run_the_whole_stage_code_path(tiny_stage):
         dict(base, clip_id="flagged", media_path=str(tmp / "tone.mp4"), start=0.0, end=1.0, has_audio=False),
         dict(base, clip_id="nomedia", media_path=None, start=0.0, end=1.0),
     ]
-    out = stage.process_part(rows)
+    out = stage.process_batch(rows)
     assert isinstance(out[2], NoAudioStreamError)
     assert isinstance(out[3], MediaError) and "beyond the media" in str(out[3])
     assert isinstance(out[4], NoAudioStreamError) and isinstance(out[5], MediaError)
@@ -396,7 +396,7 @@ def test_undecodable_media_is_an_error_row(tiny_stage, tmp_path):
     truncated.write_bytes((tmp / "tone.mp4").read_bytes()[:3000])
     rows = [{"clip_id": p.stem, "video_id": "v", "media_path": str(p), "start": 0.0, "end": 1.0}
             for p in (garbage, truncated, tmp_path / "absent.mp4")]
-    out = stage.process_part(rows)
+    out = stage.process_batch(rows)
     assert all(isinstance(o, MediaError) for o in out), out
 
 

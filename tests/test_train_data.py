@@ -116,7 +116,7 @@ def test_decode_real_video_in_range_at_2fps():
 # -- interleave -------------------------------------------------------------------------
 
 def _independent_windows(sample: dict[str, bytes]) -> tuple[list[float], list[list[str]]]:
-    """The rule of DESIGN.md section 6, computed from the mp4 member with plain PyAV + numpy."""
+    """The rule of docs/recipes.md#training, computed from the mp4 member with plain PyAV + numpy."""
     meta = json.loads(sample["json"])
     video, query = meta["conversation"][0]["content"]
     stream = meta["conversation"][1]["content"][0]["text_stream"]

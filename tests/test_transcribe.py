@@ -163,7 +163,7 @@ def test_stage_transcribes_real_audio_and_rejects_bad_items(stage, tmp_path):
     ]
     stage.config.resources = stage.resources.model_copy(update={"batch_size": 4})  # two packed rounds
     try:
-        results = stage.process_part(rows)
+        results = stage.process_batch(rows)
     finally:
         stage.config.resources = None
     assert len(results) == len(rows)

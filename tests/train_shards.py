@@ -59,7 +59,7 @@ def manifesto_shards(root: Path, corpus: str = "c", clip_words: list[tuple[int, 
     media = str(fixture_path(*VIDEO))
     storage = Storage(str(root))
     ctx = StageContext(storage=storage, corpus=corpus, stage_dir=f"{corpus}/shard", part=0)
-    results = Shard(ShardConfig(), ctx).process_part(clip_rows(media, clip_words))
+    results = Shard(ShardConfig(), ctx).process_batch(clip_rows(media, clip_words))
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]

@@ -1,4 +1,4 @@
-"""Qwen2-VL streaming training on the produced shards (DESIGN.md section 6).
+"""Qwen2-VL streaming training on the produced shards (docs/recipes.md#training).
 
 Modules: :mod:`train.video` (2 FPS decoding and the visual budget), :mod:`train.interleave`
 (the LiveCC streaming interleave), :mod:`train.collator` (tokens, labels, patches, batches),

@@ -1,7 +1,7 @@
 """Map-style training dataset over shard sets and JSONL-with-seeks files, with weighted mixing.
 
 Sources: the reference ``data/lmm_dataset.py`` (``LMMDataset``: JSONL-with-seeks handles, stream
-vs. plain conversations, retry on a failing sample) and DESIGN.md section 6.
+vs. plain conversations, retry on a failing sample) and docs/recipes.md#training.
 
 * **Sources.** A shard folder (``seek_index.parquet`` + tars, :class:`schemas.seek_index.SeekIndex`:
   one ranged read per sample) or a reference JSONL-with-seeks file

@@ -1,6 +1,6 @@
 """The LiveCC streaming interleave: frames at 2 FPS, each 1 s window followed by the words spoken in it.
 
-Source: DESIGN.md section 6 and the reference ``data/lmm_dataset.py``
+Source: docs/recipes.md#training and the reference ``data/lmm_dataset.py``
 (``preprocess_conversation_stream``, ``get_phrase_before_timestamp``, ``preprocess_text``).
 
 Given the record's text stream ``[[start_s, end_s, word], ...]`` and the media-clock timestamps
@@ -15,7 +15,7 @@ of the decoded frames (strict 2 FPS, even count; see :mod:`train.video`):
 Words are taken in stream order: the first word that ends after the window's last frame closes
 the window (as in the reference's scan). One deliberate difference: once every word has been
 used the reference keeps re-emitting the last word (its returned position never passes the end),
-so its trailing turns are never empty; here they are empty and dropped, as DESIGN.md states.
+so its trailing turns are never empty; here they are empty and dropped, as docs/recipes.md#training states.
 
 ``with_context`` appends the previous transcript (or, when there is none, the title) to the
 query: ``f"{query}\\n{title}\\n{previous}".strip()`` with the title blanked when previous is set.

@@ -133,15 +133,15 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
         packaged = sorted(x.name for x in CONFIG_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"training config {path} not found (packaged: {packaged})")
     data = yaml.safe_load(p.read_text()) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value")
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = yaml.safe_load(value)
+    if overrides:
+        from omegaconf import OmegaConf
+
+        for item in overrides:
+            if "=" not in item or not item.split("=", 1)[0].strip():
+                raise ValueError(f"override {item!r} is not key=value")
+        # OmegaConf's dot-list parser, as the build config's --set uses
+        data = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides))),
+                                      resolve=False)
     return TrainConfig.model_validate(data)
 
 

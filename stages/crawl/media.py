@@ -1,4 +1,4 @@
-"""The media phase: download only what surviving clips need (issue 3; DESIGN.md section 5).
+"""The media phase: download only what surviving clips need (docs/recipes.md#media).
 
 Runs after clipping and the text filters, on :data:`schemas.CLIPS` rows. The clips of a
 part are grouped by video; a video is downloaded only if it still has clips and no media
@@ -34,16 +34,13 @@ is fetched again as a whole (sections are small).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -51,6 +48,7 @@ import schemas
 from pipeline.stage import Resources, Stage
 from stages.crawl.errors import NetworkError, UnknownCrawlError, as_crawl_error
 from stages.crawl.ratelimit import RateLimiter, backoff_delay
+from stages.videos import has_audio
 from stages.crawl.ytdl import (
     PARTIAL_DIR, Archive, CollectingLogger, NetConfig, YdlCache, check_video_id, fetch_info, watch_url,
 )
@@ -69,7 +67,8 @@ TRANSIENT = {"network", "rate_limited"}
 
 class MediaConfig(NetConfig):
     """``stages.media``. Network settings (archive_dir, info_json_source, cookies, proxies,
-    rate limit, retries ...) left at their defaults here take ``stages.crawl``'s values."""
+    rate limit, retries ...) not set here take ``stages.crawl``'s values when the config loads."""
+    inherits: ClassVar[dict[str, frozenset[str]]] = {"crawl": frozenset(NetConfig.model_fields) - {"resources"}}
 
     sections: bool = True
     margin_s: float = Field(1.0, ge=0)
@@ -87,14 +86,12 @@ class MediaDownload(Stage):
     Config = MediaConfig
     input_schema = schemas.CLIPS
     output_schema = schemas.CLIPS
-    resources = Resources(num_cpus=1, batch_size=256)
+    resources = Resources(num_cpus=1, batch_size=None)
+    key_field = "clip_id"
 
     config: MediaConfig
 
     def setup(self) -> None:
-        build = self.context.build or {}
-        self.config = inherit_net_settings(self.config, (build.get("stages") or {}).get("crawl"),
-                                           build.get("config_dir"))
         cfg = self.config
         self.archive = Archive.from_config(cfg, self.context)
         self.limiter = RateLimiter(cfg.rate_limit_key, cfg.requests_per_minute, cfg.burst)
@@ -111,8 +108,9 @@ class MediaDownload(Stage):
         # Ship settings only; thread pools and yt-dlp objects are rebuilt by setup().
         return {"config": self.config, "context": self.context}
 
-    def process_part(self, rows: list[dict[str, Any]]) -> list:
-        """All clips of a part, grouped by video; videos run ``concurrency`` at a time."""
+    def process_batch(self, rows: list[dict[str, Any]]) -> list:
+        """The clips (by default a whole part), grouped by video; videos run ``concurrency`` at
+        a time."""
         self._ready()
         self._section_names = self.archive.ls(SECTIONS_DIR)  # one listing per part, not per video
         groups: OrderedDict[str, list[int]] = OrderedDict()
@@ -136,9 +134,6 @@ class MediaDownload(Stage):
             for k, i in enumerate(idx):
                 out[i] = res if isinstance(res, BaseException) else [res[k]]
         return out
-
-    def process_batch(self, rows: list[dict[str, Any]]) -> list:
-        return self.process_part(rows)
 
     # -- one video ----------------------------------------------------------------------------
     def download_video(self, video_id: str, clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -181,7 +176,7 @@ class MediaDownload(Stage):
         row["media_path"] = self.archive.url(name)
         row["media_offset"] = float(offset_s)
         if name not in self._has_audio:  # probed before upload when we downloaded it
-            self._has_audio[name] = probe_has_audio(row["media_path"])
+            self._has_audio[name] = has_audio(row["media_path"])
         row["has_audio"] = self._has_audio[name]
         return row
 
@@ -258,7 +253,7 @@ class MediaDownload(Stage):
                 raise NetworkError(f"{vid}: yt-dlp finished without a file: {logger.text()[-300:]}")
             name = os.path.basename(path)
             self.bytes_downloaded += os.path.getsize(path)
-            self._has_audio[name] = probe_has_audio(path)
+            self._has_audio[name] = has_audio(path)
             self.archive.publish(path, name)
             return [(name, 0.0, float(info.get("duration") or 0.0))]
         out = []
@@ -269,7 +264,7 @@ class MediaDownload(Stage):
                 raise NetworkError(f"{vid}: section {a:.1f}-{b:.1f}s did not arrive: {logger.text()[-300:]}")
             name = section_name(vid, a, b, os.path.splitext(path)[1].lstrip("."))
             self.bytes_downloaded += os.path.getsize(path)
-            self._has_audio[f"{SECTIONS_DIR}/{name}"] = probe_has_audio(path)
+            self._has_audio[f"{SECTIONS_DIR}/{name}"] = has_audio(path)
             if self.archive.local_dir:
                 os.makedirs(os.path.join(self.archive.local_dir, SECTIONS_DIR), exist_ok=True)
             self.archive.publish(path, f"{SECTIONS_DIR}/{name}")
@@ -320,34 +315,6 @@ def ensure_preflight(ydl) -> None:
 
 
 # -- pure functions ---------------------------------------------------------------------------
-
-def inherit_net_settings(cfg: MediaConfig, crawl_section: dict[str, Any] | None,
-                         config_dir: str | None = None) -> MediaConfig:
-    """``cfg`` with every network setting it leaves at its default taken from the crawl
-    section (as written in the build file). Defaults, not "unset", decide: the engine ships
-    configs to workers fully dumped. Relative local paths are resolved against
-    ``config_dir``, the build file's folder.
-
-    Raises:
-        ValueError: an inherited path is relative and ``config_dir`` is unknown.
-    """
-    if not crawl_section:
-        return cfg
-    shared = set(NetConfig.model_fields) - {"resources"}
-    inherited = {k: v for k, v in crawl_section.items() if k in shared
-                 and getattr(cfg, k) == NetConfig.model_fields[k].get_default(call_default_factory=True)}
-    for key, value in list(inherited.items()):
-        extra = NetConfig.model_fields[key].json_schema_extra or {}
-        if extra.get("local_path") and isinstance(value, str) and "://" not in value and not os.path.isabs(value):
-            if not config_dir:
-                raise ValueError(f"stages.crawl.{key} {value!r} is relative: set stages.media.{key} too, "
-                                 "or use an absolute path")
-            inherited[key] = os.path.normpath(os.path.join(config_dir, os.path.expanduser(value)))
-    if not inherited:
-        return cfg
-    merged = cfg.model_dump() | inherited
-    return type(cfg).model_validate(merged)
-
 
 def plan_sections(spans: list[tuple[float, float]], margin_s: float, merge_gap_s: float,
                   duration_s: float | None = None) -> list[tuple[float, float]]:
@@ -404,38 +371,26 @@ def _readable(path: str) -> bool:
     return "://" in path or os.path.exists(path)
 
 
-def probe_has_audio(path: str) -> bool | None:
-    """Whether the media file has an audio stream (ffprobe); None when ffprobe cannot tell."""
-    if not shutil.which("ffprobe"):
-        return None
-    try:
-        out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json", path],
-                             capture_output=True, text=True, timeout=60)
-        streams = json.loads(out.stdout or "{}").get("streams") or []
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    if out.returncode != 0:
-        return None
-    return any(s.get("codec_type") == "audio" for s in streams)
-
-
 __all__ = ["MediaDownload", "MediaConfig", "plan_sections", "covered_fraction", "section_name", "existing_sections", "covering",
-           "inherit_net_settings", "VIDEO_FORMAT", "AUDIO_FORMAT"]
+           "VIDEO_FORMAT", "AUDIO_FORMAT"]
+
+
+class VideoMediaConfig(MediaConfig):
+    """``stages.video_media``: as ``stages.media``, but always whole files."""
+    sections: Literal[False] = Field(False, description="whole videos: there are no clip ranges yet")
 
 
 class VideoMediaDownload(MediaDownload):
     """VIDEOS -> VIDEOS with the whole video's ``media_path`` and ``has_audio``: the media phase
     of flows that need whole videos before any clip exists (SFT: transcription precedes
-    clipping, DESIGN.md section 5). Same network settings, archive and failure categories as
+    clipping, docs/recipes.md#video_media). Same network settings, archive and failure categories as
     ``media``; ``sections`` does not apply (there are no clip ranges yet)."""
 
     name = "video_media"
+    Config = VideoMediaConfig
     input_schema = schemas.VIDEOS
     output_schema = schemas.VIDEOS
-
-    def setup(self) -> None:
-        super().setup()
-        self.config = self.config.model_copy(update={"sections": False})
+    key_field = "video_id"
 
     def download_video(self, video_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = super().download_video(video_id, rows)

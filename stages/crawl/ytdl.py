@@ -47,7 +47,7 @@ _LOCAL = {"json_schema_extra": {"local_path": True}}
 class NetConfig(StageConfig):
     """Network settings shared by the ``crawl`` and ``media`` stages (README "Crawl config").
 
-    The politeness settings (:attr:`POLITENESS_FIELDS`: rate, retries, timeouts, proxies,
+    The politeness settings (:attr:`runtime_fields`: rate, retries, timeouts, proxies,
     cookies, concurrency) stay out of the config hash: changing them never marks parts stale.
     ``proxies`` entries are URLs (``http://``, ``https://``, ``socks5://`` ...); an empty
     string means a direct connection. ``ytdlp_params`` are extra yt-dlp options applied last
@@ -70,7 +70,7 @@ class NetConfig(StageConfig):
     ytdlp_params: dict[str, Any] = Field(default_factory=dict)
 
     #: settings that change how politely we fetch, never what we produce
-    POLITENESS_FIELDS: ClassVar[frozenset[str]] = frozenset({
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({
         "download_archive", "cookies_file", "proxies", "requests_per_minute", "burst", "rate_limit_key",
         "retries", "backoff_base_s", "backoff_max_s", "socket_timeout_s", "concurrency"})
 
@@ -81,9 +81,6 @@ class NetConfig(StageConfig):
             if p and not re.match(r"^(https?|socks4a?|socks5h?)://", p):
                 raise ValueError(f"proxy {p!r} must be a URL such as http://host:3128 or socks5://host:1080")
         return v
-
-    def hash_payload(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"resources", *self.POLITENESS_FIELDS})
 
 
 # -- video ids --------------------------------------------------------------------------------

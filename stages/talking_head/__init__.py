@@ -1,7 +1,7 @@
 """Talking-head filter: SCRFD faces, IoU tracking and Light-ASD give each clip a talking-head ratio.
 
-Source: showlab/livecc ``data/production/distributed_lighter_asd/`` ("Lighter-ASD"), DESIGN.md
-section 5 and issue 4. Per clip:
+Source: showlab/livecc ``data/production/distributed_lighter_asd/`` ("Lighter-ASD");
+docs/recipes.md#talking_head. Per clip:
 
 1. **Audio**: 16 kHz mono -> MFCC (``python_speech_features``, 100 Hz, 13 coefficients, 4 per
    video frame) -- :mod:`.audio`.
@@ -40,24 +40,22 @@ Decisions (issue 4):
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 import schemas
-from pipeline.stage import Rejected, Resources, Stage, StageConfig
+from pipeline.stage import Histogram, Rejected, Resources, Stage, StageConfig
 from stages.talking_head.analyze import Analyzer, ClipRequest, ClipResult
 from stages.talking_head.audio import MediaError, NoAudioStreamError
 
 log = logging.getLogger(__name__)
 
-#: config fields that change speed or placement, not results: kept out of the config hash
-RUNTIME_FIELDS = {"resources", "model_dir", "device", "decode_workers", "det_batch_frames", "asd_batch_frames"}
-
-
 class TalkingHeadConfig(StageConfig):
     """Thresholds, window scheme, sizes and runtime settings of the talking-head stage."""
+    # speed and placement, not results: kept out of the config hash
+    runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {"model_dir", "device", "decode_workers", "det_batch_frames", "asd_batch_frames"})
 
     threshold: float = Field(0.05, ge=0, le=1, description="reject clips with a ratio above this (reference SFT: 0.05)")
     mode: Literal["filter", "score"] = Field("filter", description="'filter' rejects above threshold; 'score' keeps all")
@@ -89,9 +87,6 @@ class TalkingHeadConfig(StageConfig):
             raise ValueError(f"{v} is not a multiple of 32 (SCRFD's largest stride)")
         return v
 
-    def hash_payload(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude=RUNTIME_FIELDS)
-
 
 class TalkingHead(Stage):
     """Sets ``talking_head_ratio`` on each clip; in ``filter`` mode rejects clips above the threshold.
@@ -106,33 +101,26 @@ class TalkingHead(Stage):
     Config: ClassVar[type[StageConfig]] = TalkingHeadConfig
     input_schema = schemas.CLIPS
     output_schema = schemas.CLIPS
-    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16)
-    report_histograms: ClassVar[dict[str, str]] = {"talking_head_ratio": "talking-head ratio"}
+    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=None)
+    key_field = "clip_id"
+    report_histograms: ClassVar[dict[str, Histogram]] = {
+        "talking_head_ratio": Histogram("talking-head ratio", ("talking_head_ratio",))}
 
     config: TalkingHeadConfig
 
     def setup(self) -> None:
         self.analyzer = build_analyzer(self.config)
 
-    def process(self, row: dict[str, Any]):
-        (result,) = self.process_part([row])
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
     def process_batch(self, rows: list[dict[str, Any]]):
-        return self.process_part(rows)
-
-    def process_part(self, rows: list[dict[str, Any]]):
-        """All rows of the part through one decode/inference pipeline (decoding overlaps
-        detection and Light-ASD across clip boundaries)."""
+        """The rows (by default a whole part) through one decode/inference pipeline: decoding
+        overlaps detection and Light-ASD across clip boundaries."""
         if not hasattr(self, "analyzer"):
             self.setup()
         out: list[Any] = [None] * len(rows)
         requests, index = [], []
         for i, row in enumerate(rows):
             try:
-                requests.append(clip_request(row, self.context.storage))
+                requests.append(clip_request(row, self.context.storage if self.context else None))
                 index.append(i)
             except Exception as exc:  # noqa: BLE001 - per-item isolation
                 out[i] = exc
@@ -160,8 +148,8 @@ def clip_request(row: dict[str, Any], storage: Any = None) -> ClipRequest:
         raise MediaError(f"clip {row.get('clip_id')}: no media_path (run media download first)")
     if row.get("has_audio") is False:
         raise NoAudioStreamError(f"{path}: no audio stream (has_audio is false); the talking-head ratio needs audio")
-    if "://" not in path and not os.path.isabs(path) and storage is not None:
-        path = storage.url_of(path)
+    if storage is not None:
+        path = storage.resolve(path)
     offset = float(row.get("media_offset") or 0.0)
     return ClipRequest(path, float(row["start"]) - offset, float(row["end"]) - offset)
 

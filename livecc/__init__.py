@@ -1,0 +1,1 @@
+"""The ``livecc`` command (:mod:`livecc.cli`); ``python -m livecc`` runs it too."""

@@ -1,0 +1,3 @@
+from livecc.cli import app
+
+app(prog_name="livecc")
