@@ -309,6 +309,8 @@ def parse_srv3(text: str, mode: Mode = "precise", *, max_word_sec: float | None 
     return events_to_words(events, mode, max_word_sec=max_word_sec)
 
 
+# a timing line whose hour field has 7+ digits: found by fuzzing, srt's timedelta overflows
+_SRT_HUGE_HOURS = re.compile(r"^[^\n]*(?:\d{7,}:\d+:\d+[,.]\d+[^\n]*-->|-->[^\n]*\d{7,}:\d+:\d+)[^\n]*$", re.M)
 _INLINE_TIME = re.compile(r"<((?:\d+:)?\d{2}:\d{2}\.\d{3})>")
 _TAG = re.compile(r"<[^>]*>")
 
@@ -355,11 +357,14 @@ def parse_srt(text: str, mode: Mode = "precise", *, max_word_sec: float | None =
     """Words of a SubRip caption, parsed with the ``srt`` package; each cue is split evenly
     (:func:`even_split`). Unparseable stretches are skipped when at least one cue parses;
     a malformed cue that ``srt`` folds into the previous cue's text (e.g. one with a
-    negative time) is cut off that text.
+    negative time) is cut off that text. A timing line with an hour count of 7 or more
+    digits (over a century; ``srt`` overflows on it) is made unreadable, so its cue is
+    skipped the same way.
 
     Raises:
         CaptionError: no SRT cue can be read.
     """
+    text = _SRT_HUGE_HOURS.sub("-->", text)
     try:
         subtitles = list(srt.parse(text))
     except srt.SRTParseError as exc:

@@ -460,6 +460,15 @@ def test_reversed_and_negative_vtt_is_repaired(mode):
     assert [w["start"] for w in words[2:5]] == [3.0, 3.0, 3.0]
 
 
+def test_srt_timestamp_with_a_huge_hour_count_skips_its_cue():
+    # found by fuzzing (tests/test_caption_fuzz.py): srt overflowed converting the hours
+    text = ("1\n00:00:01,000 --> 00:00:02,000\nhello there\n\n2\n00:00:00,000 --> 277777777777:46:40,000\nbad\n\n"
+            "3\n00:00:03,000 --> 00:00:04,000\nok then\n")
+    assert texts(parse_caption(text, "srt")[0]) == ["hello", "there", "ok", "then"]
+    with pytest.raises(CaptionError, match="malformed SRT"):
+        parse_caption("1\n00:00:00,000 --> 277777777777:46:40,000\n\n", "srt")
+
+
 def test_all_negative_times_are_rejected(tmp_path):
     doc = {"events": [{"tStartMs": -5000, "dDurationMs": 1000, "segs": [{"utf8": "gone"}]},
                       {"tStartMs": "soon", "dDurationMs": 1000, "segs": [{"utf8": "too"}]}]}

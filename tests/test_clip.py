@@ -16,9 +16,10 @@ from pydantic import ValidationError
 import schemas
 from pipeline.stage import Rejected, StageContext
 from pipeline.storage import Storage
+from schemas.record import conversation
 from stages.caption_parse import parse_json3
-from stages.clip import (PretrainClip, SftClip, WpsFilter, clip_span_s, pretrain_clips, sentence_start_flags,
-                         sft_clips, words_per_second)
+from stages.clip import (PretrainClip, SftClip, WpsFilter, clip_row, clip_span_s, pretrain_clips,
+                         sentence_start_flags, sft_clips, words_per_second)
 from tests.conftest import fixture_path
 
 LESSON = ("captions", "ytenglishhub_english_lesson_asr.en.json3")
@@ -481,6 +482,28 @@ def test_sft_clip_stage(tmp_path):
     assert rej.reason == "no_clip" and rej.detail.endswith("2 sentence start(s)")  # "Apollo", "We"
     assert SftClip.name == "sft_clip" and PretrainClip.name == "pretrain_clip"
     assert SftClip.report_histograms == PretrainClip.report_histograms == {"duration": "clip duration (s)"}
+
+
+@pytest.mark.parametrize("mode,decimals", [("precise", 3), ("compat", 1)])
+@pytest.mark.parametrize("caption", ["videogrep_manifesto_auto.en.vtt", "videogrep_manifesto.en.srt",
+                                     "longson_jackaskew_N0gZFvpxNhQ_manual.en.vtt",
+                                     "ytenglishhub_english_lesson_asr.en.json3"])
+def test_times_in_the_conversation_record_are_clean_numbers(caption, mode, decimals):
+    """Clip bounds and word times reach the shards and the JSONL as ms (precise) or the
+    reference's 0.1 s (compat), never as 78.96000000000001."""
+    import re
+
+    from stages.caption_parse import detect_format, parse_caption
+
+    text = fixture_path("captions", caption).read_text(encoding="utf-8")
+    words, _ = parse_caption(text, detect_format(text), mode, kind="auto" if "auto" in caption else "manual")
+    clips = pretrain_clips(words, min_clip_sec=20, mode=mode)
+    assert clips
+    for clip in clips:
+        row = clip_row({"video_id": "v", "categories": []}, clip)
+        line = json.dumps(conversation(row, "v.mp4"))
+        numbers = re.findall(r"(?<![\w.])-?\d+\.\d+(?:e-?\d+)?", line)
+        assert numbers and all(len(n.split(".")[1]) <= decimals and "e" not in n for n in numbers), line[:300]
 
 
 def test_clip_config_validation():
