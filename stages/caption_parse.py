@@ -506,7 +506,8 @@ def spoken_duration_s(text: str, max_word_sec: float = MAX_WORD_SEC) -> float:
     sequence alignment, and ``wts_apollo11_large.words.json`` (Whisper large word times,
     146 words, rule applied to its own starts). Figures: manifesto end MAE 0.100 s (the
     next-word-start rule: 0.190 s), 1 of 183 ends > 0.5 s off (a misaligned repeat of
-    "and"; next-word-start: 12); Apollo 0.100 s; Vosk's own starts 0.015 s. A plain
+    "and"; next-word-start: 12); Apollo 0.100 s (next-word-start 0.194 s); Vosk's own
+    starts 0.015 s. A plain
     least-squares fit of durations gives a smaller intercept (Vosk 0.02 + 0.057 s/letter,
     Apollo 0.24 + 0.026 s/letter, means 0.30 and 0.34 s): the estimate only matters before
     a pause, where words are phrase-final and longer. Letters predicted ends slightly

@@ -337,24 +337,26 @@ def tiny_en():
     return stage
 
 
-def test_tiny_en_word_error_rate_on_jfk(tiny_en):
+def test_tiny_en_word_error_rate_on_jfk(tiny_en, capsys):
     result = tiny_en.transcribe_clips([AudioClip("jfk", extract_audio(fixture_path("audio", "whisper_jfk.flac")))])[0]
     ref = fixture_path("audio", "whisper_jfk.ref.txt").read_text()
     hyp = " ".join(w["text"] for w in result.words)
     wer = word_error_rate(ref, hyp)
-    print(f"\nWhisper tiny.en through the transcribe stage, whisper_jfk.flac: WER {wer:.3f}: {hyp}")
+    with capsys.disabled():
+        print(f"\nWhisper tiny.en through the transcribe stage, whisper_jfk.flac: WER {wer:.3f}: {hyp}")
     assert result.language == "en"  # an English-only checkpoint: no detection
     assert wer <= 0.10, hyp
     assert_words_ok(result.words, 0.0, 11.0)
 
 
-def test_tiny_en_word_ends_match_independent_recogniser(tiny_en):
+def test_tiny_en_word_ends_match_independent_recogniser(tiny_en, capsys):
     media = fixture_path("video", "videogrep_manifesto_narration.mp4")
     [[row]] = tiny_en.process_part([video_row("manifesto", media)])
     words = row["words"]
     assert_words_ok(words, 0.0, ffprobe_duration(media))
     errors = end_errors(words, vosk_words(fixture_path("captions", "videogrep_manifesto_vosk_words.json")))
-    print(f"\nWhisper tiny.en through the transcribe stage, manifesto word ends vs Vosk: {errors.summary()}")
+    with capsys.disabled():
+        print(f"\nWhisper tiny.en through the transcribe stage, manifesto word ends vs Vosk: {errors.summary()}")
     assert errors.matched >= 180  # of Vosk's 210: no stretch of speech is lost
     assert errors.mae_s <= 0.12
     assert row["transcript_source"] == "whisperx" and row["language"] == "en"
