@@ -1,7 +1,7 @@
 """Caption parse: YouTube closed captions (json3, srv3, VTT, SRT) -> ``words``.
 
-Sources: ``docs/recipes.md`` ("caption parse"); the even split is ``split2words`` in the
-reference's ``data/production/pretrain_to_clips.py`` (showlab/livecc).
+Sources: ``docs/recipes.md`` (section "caption_parse"); the even split is ``split2words``
+in the reference's ``data/production/pretrain_to_clips.py`` (showlab/livecc).
 
 Two modes (config ``mode``):
 
@@ -499,20 +499,20 @@ def spoken_duration_s(text: str, max_word_sec: float = MAX_WORD_SEC) -> float:
 
     Captions time word onsets only; this estimate ends a word that is followed by a pause
     (the next word's start and the cue's end bound it otherwise). The constants were
-    calibrated (grid search, ``docs/recipes.md``) to minimise the mean absolute error of
-    ``min(next word's start, start + estimate)`` against acoustic word ends, on two
-    fixtures: ``videogrep_manifesto_vosk_words.json`` (an independent recogniser, Vosk; 210
-    words) with the 183 words of ``videogrep_manifesto_auto.en.vtt`` matched to them by
-    sequence alignment, and ``wts_apollo11_large.words.json`` (Whisper large word times,
-    146 words, rule applied to its own starts). Figures: manifesto end MAE 0.100 s (the
-    next-word-start rule: 0.190 s), 1 of 183 ends > 0.5 s off (a misaligned repeat of
-    "and"; next-word-start: 12); Apollo 0.100 s (next-word-start 0.194 s); Vosk's own
-    starts 0.015 s. A plain
-    least-squares fit of durations gives a smaller intercept (Vosk 0.02 + 0.057 s/letter,
-    Apollo 0.24 + 0.026 s/letter, means 0.30 and 0.34 s): the estimate only matters before
-    a pause, where words are phrase-final and longer. Letters predicted ends slightly
-    better than vowel-group syllables (0.102 s). Vosk's longest word lasts 1.02 s, hence
-    the default cap of 1.0 s.
+    calibrated by grid search (``docs/recipes.md``, "caption_parse") to minimise the mean
+    absolute error of ``min(next word's start, start + estimate)`` against acoustic word
+    ends, on two fixtures: ``videogrep_manifesto_vosk_words.json`` (an independent
+    recogniser, Vosk; 210 words) with the 183 words of ``videogrep_manifesto_auto.en.vtt``
+    matched to them by sequence alignment, and ``wts_apollo11_large.words.json`` (Whisper
+    large word times, 146 words, the rule applied to its own starts).
+
+    Figures: manifesto end MAE 0.100 s (the next-word-start rule: 0.190 s), 1 of 183 ends
+    > 0.5 s off (a misaligned repeat of "and"; next-word-start: 12); Apollo 0.100 s
+    (next-word-start 0.194 s); Vosk's own starts 0.015 s. A plain least-squares fit of
+    durations gives a smaller intercept (Vosk 0.02 + 0.057 s/letter, Apollo 0.24 + 0.026
+    s/letter; means 0.30 and 0.34 s): the estimate only matters before a pause, where words
+    are phrase-final and longer. Letters predicted ends slightly better than vowel-group
+    syllables (0.102 s). Vosk's longest word lasts 1.02 s, hence the default cap of 1.0 s.
     """
     letters = sum(ch.isalnum() for ch in text)
     return min(max_word_sec, WORD_BASE_SEC + WORD_SEC_PER_CHAR * max(letters, 1))

@@ -1,6 +1,6 @@
 """Clipping: a video's words -> 30-240 s clips, and the words-per-second (wps) filter.
 
-Sources: ``docs/recipes.md`` ("pretrain clip", "SFT clip"); showlab/livecc:
+Sources: ``docs/recipes.md`` (sections "pretrain_clip", "sft_clip", "wps_filter"); showlab/livecc:
 
 * :class:`PretrainClip` -- ``data/production/pretrain_to_clips.py`` (``clip4pretrain``).
   Greedy scan from word *i*: extend *j* while ``words[j].end - words[i].end <= 240 s`` and
@@ -264,7 +264,7 @@ def sentence_start_flags(words: list[dict[str, Any]], mode: Mode = "precise") ->
 
 def clip_span_s(words: list[dict[str, Any]], mode: Mode = "precise") -> float:
     """The span a clip's wps is measured over, s: ``precise`` its duration
-    ``words[-1].end - words[0].start`` (``docs/recipes.md``); ``compat`` the reference's
+    ``words[-1].end - words[0].start`` (``docs/recipes.md``, "wps_filter"); ``compat`` the reference's
     ``words[-1].end - words[0].end`` (``check()`` in ``pretrain_to_clips.py``), which
     leaves out the first word.
 

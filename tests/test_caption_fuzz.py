@@ -136,7 +136,8 @@ def vtt_auto(cs) -> str:
 
 
 def srt_doc(cs) -> str:
-    return "\n".join(f"{k}\n{ts_srt(a)} --> {ts_srt(b)}\n" + "\n".join(ls) + "\n" for k, (a, b, ls) in enumerate(cs, 1))
+    return "\n".join(f"{k}\n{ts_srt(a)} --> {ts_srt(b)}\n" + "\n".join(ls) + "\n"
+                     for k, (a, b, ls) in enumerate(cs, 1))
 
 
 def json3_doc(cs) -> str:
@@ -159,7 +160,8 @@ def srv3_doc(cs) -> str:
         inner = saxutils.escape(ws[0]) + "".join(f'<s t="{k * step}"> {saxutils.escape(w)}</s>'
                                                   for k, w in enumerate(ws[1:], 1))
         ps.append(f'<p t="{a}" d="{b - a}" w="1">{inner}</p><p t="{b}" d="10" w="1" a="1">\n</p>')
-    return '<?xml version="1.0" encoding="utf-8" ?><timedtext format="3"><body>' + "".join(ps) + "</body></timedtext>"
+    head = '<?xml version="1.0" encoding="utf-8" ?><timedtext format="3"><body>'
+    return head + "".join(ps) + "</body></timedtext>"
 
 
 WRITERS = {"vtt": vtt_manual, "vtt_auto": vtt_auto, "srt": srt_doc, "json3": json3_doc, "srv3": srv3_doc}
@@ -275,8 +277,8 @@ def test_the_stage_turns_every_document_into_rows_rejections_or_caption_errors(t
     data, fmt, kind = doc
     path = tmp_path / f"doc.en.{fmt}"
     path.write_bytes(data)
-    stage = CaptionParse(CaptionParse.Config(mode=mode, min_words=1),
-                         StageContext(storage=Storage(str(tmp_path)), corpus="c", stage_dir="c/caption_parse", part=0))
+    context = StageContext(storage=Storage(str(tmp_path)), corpus="c", stage_dir="c/caption_parse", part=0)
+    stage = CaptionParse(CaptionParse.Config(mode=mode, min_words=1), context)
     row = {"video_id": "fuzz", "source": "local", "title": "t", "categories": [], "language": "en",
            "caption_kind": kind, "caption_format": fmt, "caption_path": str(path), "has_audio": None}
     with time_limit(DOC_LIMIT_S, f"the stage on a {len(data)}-byte {fmt} document"):

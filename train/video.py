@@ -21,10 +21,11 @@ Decoding is PyAV only (no torchvision, no decord): one cheap demux pass finds th
 timestamps in the range, which fixes the frame count and hence the size, then one decode pass
 converts only the chosen frames, resized by swscale (bicubic), to RGB.
 
-Frame-time conventions (``docs/recipes.md``, "training"; reference: ``_read_video_decord_plus``
-in ``livecc-utils/src/livecc_utils/video_process_patch.py`` and ``get_phrase_before_timestamp``
-in ``data/lmm_dataset.py``). Our loader and the reference agree on every turn, token and label
-of the sample corpus; these three conventions differ, and are kept on purpose:
+Frame-time conventions (``docs/recipes.md``, section "training"; reference:
+``_read_video_decord_plus`` in ``livecc-utils/src/livecc_utils/video_process_patch.py`` and
+``get_phrase_before_timestamp`` in ``data/lmm_dataset.py``). Our loader and the reference agree
+on every turn, token and label of the sample corpus; these three conventions differ, and are
+kept on purpose:
 
 1. **A frame is stamped with its start time** (its pts). decord's ``_frame_pts[:, 1]``, which
    the reference samples on, is each frame's *end* time. For a wanted time t both take the
