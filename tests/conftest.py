@@ -25,6 +25,17 @@ if "RAY_AUTH_TOKEN" not in os.environ:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = _secrets.token_hex(32)
 
+# Hypothesis example budgets (tests/test_caption_fuzz.py): small in the normal suite; a deeper
+# search with `pytest --hypothesis-profile=long`. Wall time per document is bounded in the tests.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("default", max_examples=40, deadline=None)
+    _hypothesis_settings.register_profile("long", max_examples=3000, deadline=None)
+    _hypothesis_settings.load_profile("default")
+except ImportError:  # the test extra is not installed: the fuzz tests skip themselves
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 #: Real files written by others; read-only, used in place (never copied into the project).
 FIXTURES = Path(os.environ.get("LIVECC_FIXTURES", REPO.parent / "shared" / "fixtures")).resolve()

@@ -16,9 +16,10 @@ from pydantic import ValidationError
 import schemas
 from pipeline.stage import Rejected, StageContext
 from pipeline.storage import Storage
+from schemas.record import conversation
 from stages.caption_parse import parse_json3
-from stages.clip import (PretrainClip, SftClip, WpsFilter, pretrain_clips, sentence_start_flags,
-                         sft_clips, words_per_second)
+from stages.clip import (PretrainClip, SftClip, WpsFilter, clip_row, clip_span_s, pretrain_clips,
+                         sentence_start_flags, sft_clips, words_per_second)
 from tests.conftest import fixture_path
 
 LESSON = ("captions", "ytenglishhub_english_lesson_asr.en.json3")
@@ -30,10 +31,11 @@ THRESHOLDS = [(30, 240, 3), (5, 20, 1), (0, 15, 2), (45, 90, 5), (20, 40, 1.5)]
 
 
 def even_split(cues) -> list[dict]:
-    """The reference's split2words on (start_s, end_s, text) cues (pretrain_to_clips.py)."""
+    """The reference's split2words on (start_s, end_s, text) cues (pretrain_to_clips.py); a
+    cue's lines are joined with one space, so a double space still gives an empty word."""
     out = []
     for start, end, text in cues:
-        text = " ".join(text.split())
+        text = " ".join(text.split("\n"))
         if "[" in text or "]" in text:
             continue
         ws = []
@@ -333,12 +335,15 @@ def test_sft_clip_begins_only_at_sentence_start(mode, expected_start):
 
 # -- WpsFilter --------------------------------------------------------------------------------
 
-def clip_with(n_words, span):
-    """A CLIPS row whose words' ends span exactly ``span`` s (first end to last end)."""
-    step = span / (n_words - 1) if n_words > 1 else 0.0
-    words = [{"start": k * step, "end": k * step + (0.0 if span == 0 else 0.1), "text": f"w{k}"}
-             for k in range(n_words)]
-    return {"clip_id": schemas.clip_id("v", 0, span), "video_id": "v", "start": 0.0, "end": span, "words": words}
+def clip_with(n_words, span, mode="compat"):
+    """A CLIPS row whose words span exactly ``span`` s as ``mode`` measures it: first end to
+    last end (compat), first start to last end (precise). Words last 0.1 s."""
+    dur = 0.0 if span == 0 else 0.1
+    inner = span - (dur if mode == "precise" else 0.0)
+    step = inner / (n_words - 1) if n_words > 1 else 0.0
+    words = [{"start": k * step, "end": k * step + dur, "text": f"w{k}"} for k in range(n_words)]
+    return {"clip_id": schemas.clip_id("v", 0, span), "video_id": "v", "start": 0.0,
+            "end": words[-1]["end"], "words": words}
 
 
 def wps_stage(tmp_path, **cfg):
@@ -346,19 +351,20 @@ def wps_stage(tmp_path, **cfg):
     return WpsFilter(WpsFilter.Config(**cfg), ctx)
 
 
-def test_wps_filter_boundaries(tmp_path):
-    stage = wps_stage(tmp_path)
-    # wps = len / (last.end - first.end): 41 words / 41 s = 1.0, 41 / 10.25 = 4.0 (both kept)
-    rows = [clip_with(41, 41.0), clip_with(41, 10.25), clip_with(41, 10.0), clip_with(41, 41.5),
-            clip_with(1, 0.0), {**clip_with(3, 2.0), "words": []}]
+@pytest.mark.parametrize("mode,span_name", [("compat", "last.end - first.end"), ("precise", "last.end - first.start")])
+def test_wps_filter_boundaries(tmp_path, mode, span_name):
+    stage = wps_stage(tmp_path, mode=mode)
+    # wps = len / span: 41 words / 41 s = 1.0, 41 / 10.25 = 4.0 (both kept)
+    rows = [clip_with(41, 41.0, mode), clip_with(41, 10.25, mode), clip_with(41, 10.0, mode),
+            clip_with(41, 41.5, mode), clip_with(1, 0.0, mode), {**clip_with(3, 2.0, mode), "words": []}]
     results = stage.process_batch(rows)
     kept = [r for res in results for r in res if not isinstance(r, Rejected)]
     rejected = [r for res in results for r in res if isinstance(r, Rejected)]
-    assert [r["wps"] for r in kept] == [1.0, 4.0]
+    assert [r["wps"] for r in kept] == pytest.approx([1.0, 4.0], abs=1e-12)
     assert [(r.reason, r.detail) for r in rejected] == [
         ("wps_out_of_range", "wps=4.10 > 4"),
         ("wps_out_of_range", "wps=0.99 < 1"),
-        ("wps_zero_span", "1 word(s), last.end - first.end = 0.000 s <= 0; wps undefined"),
+        ("wps_zero_span", f"1 word(s), {span_name} = 0.000 s <= 0; wps undefined"),
         ("no_words", "clip has no words; wps undefined"),
     ]
     assert rejected[0].row["wps"] == pytest.approx(4.1)
@@ -366,11 +372,30 @@ def test_wps_filter_boundaries(tmp_path):
     schemas.rows_to_table(kept, schemas.CLIPS)
     schemas.rows_to_table([{**r.row, "reason": r.reason, "detail": r.detail} for r in rejected],
                           schemas.rejected_schema(schemas.CLIPS))
-    assert words_per_second(rows[0]["words"]) == 1.0 and words_per_second([]) is None
+    assert words_per_second(rows[0]["words"], mode) == pytest.approx(1.0) and words_per_second([], mode) is None
     hists = WpsFilter.report_histograms
     assert {k: h.label for k, h in hists.items()} == {"wps": "words per second", "duration": "clip duration (s)"}
     table = schemas.rows_to_table(kept, schemas.CLIPS)
     assert hists["duration"].compute(table).to_pylist() == pytest.approx([r["end"] - r["start"] for r in kept])
+
+
+def test_precise_wps_uses_the_clip_span_compat_the_reference_span(tmp_path, lesson_words):
+    """precise: wps over end - start, the span the precise clipper bounds; compat: the
+    reference's last.end - first.end, which leaves out the first word."""
+    [clip] = pretrain_clips(lesson_words[:200], min_clip_sec=30, max_clip_sec=240, mode="precise")[:1]
+    words = clip["words"]
+    assert clip_span_s(words, "precise") == pytest.approx(clip["end"] - clip["start"])
+    assert clip_span_s(words, "compat") == pytest.approx(words[-1]["end"] - words[0]["end"])
+    precise = wps_stage(tmp_path, mode="precise").process_batch([{**clip, "clip_id": "c", "video_id": "v"}])[0][0]
+    compat = wps_stage(tmp_path, mode="compat").process_batch([{**clip, "clip_id": "c", "video_id": "v"}])[0][0]
+    assert precise["wps"] == pytest.approx(len(words) / (clip["end"] - clip["start"]))
+    assert compat["wps"] == pytest.approx(len(words) / (words[-1]["end"] - words[0]["end"]))
+    assert precise["wps"] < compat["wps"]
+    with pytest.raises(ValueError, match="mode"):
+        clip_span_s(words, "fast")
+    with pytest.raises(ValueError, match="no words"):
+        clip_span_s([], "precise")
+    assert WpsFilter.Config().mode == "precise"
 
 
 def test_wps_filter_thresholds_are_configurable(tmp_path):
@@ -461,6 +486,28 @@ def test_sft_clip_stage(tmp_path):
     assert SftClip.name == "sft_clip" and PretrainClip.name == "pretrain_clip"
     assert SftClip.report_histograms == PretrainClip.report_histograms
     assert PretrainClip.report_histograms["duration"].columns == ("start", "end")
+
+
+@pytest.mark.parametrize("mode,decimals", [("precise", 3), ("compat", 1)])
+@pytest.mark.parametrize("caption", ["videogrep_manifesto_auto.en.vtt", "videogrep_manifesto.en.srt",
+                                     "longson_jackaskew_N0gZFvpxNhQ_manual.en.vtt",
+                                     "ytenglishhub_english_lesson_asr.en.json3"])
+def test_times_in_the_conversation_record_are_clean_numbers(caption, mode, decimals):
+    """Clip bounds and word times reach the shards and the JSONL as ms (precise) or the
+    reference's 0.1 s (compat), never as 78.96000000000001."""
+    import re
+
+    from stages.caption_parse import detect_format, parse_caption
+
+    text = fixture_path("captions", caption).read_text(encoding="utf-8")
+    words, _ = parse_caption(text, detect_format(text), mode, kind="auto" if "auto" in caption else "manual")
+    clips = pretrain_clips(words, min_clip_sec=20, mode=mode)
+    assert clips
+    for clip in clips:
+        row = clip_row({"video_id": "v", "categories": []}, clip)
+        line = json.dumps(conversation(row, "v.mp4"))
+        numbers = re.findall(r"(?<![\w.])-?\d+\.\d+(?:e-?\d+)?", line)
+        assert numbers and all(len(n.split(".")[1]) <= decimals and "e" not in n for n in numbers), line[:300]
 
 
 def test_clip_config_validation():

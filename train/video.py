@@ -20,6 +20,31 @@ temporal patch is 2 frames). Timestamps are compared exactly (PyAV ``Fraction`` 
 Decoding is PyAV only (no torchvision, no decord): one cheap demux pass finds the frame
 timestamps in the range, which fixes the frame count and hence the size, then one decode pass
 converts only the chosen frames, resized by swscale (bicubic), to RGB.
+
+Frame-time conventions (``docs/recipes.md``, section "training"; reference:
+``_read_video_decord_plus`` in ``livecc-utils/src/livecc_utils/video_process_patch.py`` and
+``get_phrase_before_timestamp`` in ``data/lmm_dataset.py``). Our loader and the reference agree
+on every turn, token and label of the sample corpus; these three conventions differ, and are
+kept on purpose:
+
+1. **A frame is stamped with its start time** (its pts). decord's ``_frame_pts[:, 1]``, which
+   the reference samples on, is each frame's *end* time. For a wanted time t both take the
+   first frame stamped at or after t, so at t = 1.0 s of a 25 fps video we take the frame
+   [1.00, 1.04) and the reference the frame [0.96, 1.00): our pixels are one source frame
+   (40 ms at 25 fps) later. A frame's pixels are on screen from its start, so the start is
+   the time the words it is paired with can refer to.
+2. **Times are exact.** We compare pts as ``Fraction`` and return them as float64; decord keeps
+   them in float32. A word enters the turn whose last frame time is at or after the word's
+   end (``train/interleave.py``); when a word's end equals that frame time exactly (e.g.
+   both 0.96 s), the reference's float32 time is 0.9599999785 s, below the word's end, so
+   the reference moves the word into the next turn and we do not.
+3. **Raw pts, not pts minus the stream's start time.** decord measures frame times from the
+   video stream's ``start_time``; we use the pts as the container presents them (edit lists
+   applied), which is the clock captions and audio are on. For a file whose video stream
+   does not start at 0 our times are that start later than the reference's: for the same
+   ``video_start``/``video_end`` the reference takes frames that much later in the content.
+   Two fixtures: ``videollama_ironman_movie_face_audio.mp4`` (video starts at 0.067 s, audio
+   at 0) and ``retalking_face1_man_suit_talkinghead.mp4`` (0.033 s).
 """
 from __future__ import annotations
 
