@@ -194,10 +194,12 @@ def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc sta
 def stage_list(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt) -> None:
     """List the flow's stages in order, with their resources."""
     pipe = _pipeline(config, set_)
-    for i, s in enumerate(pipe.stages):
+    for i, s in enumerate(pipe.all_stages):
         res = pipe.configs[s.name].resources or s.resources
         doc = (s.__doc__ or "").strip().splitlines()[0] if s.__doc__ else ""
-        out.print(f"{i}. {s.name:<16} cpus={res.num_cpus:g} gpus={res.num_gpus:g} batch={res.batch_size}  {doc}")
+        state = "" if s in pipe.stages else "  (switched off: enabled: false)"
+        out.print(f"{i}. {s.name:<16} cpus={res.num_cpus:g} gpus={res.num_gpus:g} "
+                  f"batch={res.batch_size or 'part'}  {doc}{state}")
 
 
 @app.command()
@@ -229,7 +231,7 @@ def config_show(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt) ->
     from pipeline.config import resolved_yaml
 
     pipe = _pipeline(config, set_)
-    out.print(resolved_yaml(pipe.cfg, pipe.stages), end="", markup=False, highlight=False)
+    out.print(resolved_yaml(pipe.cfg, pipe.all_stages), end="", markup=False, highlight=False)
 
 
 @inspect_app.command("shards")

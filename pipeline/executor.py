@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import BuildConfig, check_stage_sections, config_hash, stage_config
+from pipeline.config import BuildConfig, ConfigError, check_stage_sections, config_hash, stage_config
 from pipeline.manifest import (DONE, FAILED, PENDING, STALE, Manifest, PartEntry, load_manifest, now,
                                save_manifest)
 from pipeline.stage import Output, Resources, Stage, StageContext
@@ -57,9 +57,10 @@ class Pipeline:
     def __init__(self, cfg: BuildConfig, stages: list[type[Stage]]):
         check_stage_sections(cfg, stages)
         self.cfg = cfg
-        self.stages = list(stages)
+        self.all_stages = list(stages)
         self.storage = Storage(cfg.root, cfg.storage_options)
-        self.configs = {s.name: stage_config(cfg, s) for s in self.stages}
+        self.configs = {s.name: stage_config(cfg, s) for s in self.all_stages}
+        self.stages = enabled_stages(cfg, self.all_stages, self.configs)
         self.hashes: dict[str, str] = {}
         upstream = ""
         for s in self.stages:
@@ -298,6 +299,25 @@ class Pipeline:
         up = self.stages[index - 1]
         m = load_manifest(self.storage, self.stage_dir(up.name), up.name)
         return {k: (m.entry(k).counts.get("kept", 0) if m.entry(k) else 0) for k in todo}
+
+
+def enabled_stages(cfg: BuildConfig, stages: list[type[Stage]], configs: dict) -> list[type[Stage]]:
+    """The recipe without the stages switched off (``stages.<name>.enabled: false``).
+
+    Raises:
+        ConfigError: the source is switched off, or a stage would read rows of another schema
+            than the stage now before it writes.
+    """
+    kept = [s for s in stages if configs[s.name].enabled]
+    where = cfg.path or "config"
+    if not kept or kept[0] is not stages[0]:
+        raise ConfigError(f"{where}: stages.{stages[0].name}.enabled: the source stage cannot be switched off")
+    for prev, nxt in zip(kept, kept[1:]):
+        if nxt.input_schema is not None and not nxt.input_schema.equals(prev.output_schema):
+            off = [s.name for s in stages[stages.index(prev) + 1:stages.index(nxt)]]
+            raise ConfigError(f"{where}: stages.{off[0]}.enabled: with {', '.join(off)} switched off, {nxt.name} "
+                              f"would read the rows {prev.name} writes, which have another schema")
+    return kept
 
 
 def _has_finalize(stage: type[Stage]) -> bool:

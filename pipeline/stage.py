@@ -36,18 +36,19 @@ class Resources(BaseModel):
 
 class StageConfig(BaseModel):
     """Base of every stage's config model; unknown keys are errors. ``resources`` overrides the
-    stage's default :class:`Resources` and, with the fields in ``runtime_fields`` (speed and
-    placement, not results), stays out of the config hash. ``inherits`` maps another stage's
+    stage's default :class:`Resources` and, with ``enabled`` and the fields in ``runtime_fields``
+    (speed and placement, not results), stays out of the config hash. ``inherits`` maps another stage's
     section to fields this one takes from it when unset (applied as the config loads)."""
     model_config = ConfigDict(extra="forbid")
     runtime_fields: ClassVar[frozenset[str]] = frozenset()
     inherits: ClassVar[dict[str, frozenset[str]]] = {}
 
     resources: Resources | None = None
+    enabled: bool = True  # false: the recipe runs without this stage (its neighbours must connect)
 
     def hash_payload(self) -> dict[str, Any]:
         """The settings that decide the stage's output."""
-        return self.model_dump(mode="json", exclude={"resources", *self.runtime_fields})
+        return self.model_dump(mode="json", exclude={"resources", "enabled", *self.runtime_fields})
 
 
 class Rejected(NamedTuple):

@@ -80,3 +80,12 @@ def test_the_engine_imports_no_stage_flow_recipe_or_cli():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             for name in names:
                 assert name.split(".")[0] not in above, f"{path.name} imports {name}"
+
+
+def test_switching_off_a_stage_whose_neighbours_do_not_connect_is_a_config_error(tmp_path):
+    cfg = _config(tmp_path)
+    res = runner.invoke(app, ["stage", "list", str(cfg), "--set", "stages.wps_filter.enabled=false"])
+    assert res.exit_code == 0 and "wps_filter" in res.output and "switched off" in res.output, res.output
+    res = runner.invoke(app, ["stage", "list", str(cfg), "--set", "stages.pretrain_clip.enabled=false"])
+    assert res.exit_code == 2
+    assert "stages.pretrain_clip.enabled: with pretrain_clip switched off, wps_filter would read" in res.output

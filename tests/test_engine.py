@@ -221,3 +221,12 @@ def test_stages_with_different_resource_shapes_do_not_starve_each_other(tmp_path
     for name in ("numbers", "square", "halve"):
         run = pipe.run_stage(name, progress=False)
         assert len(run.ran) == 10 and not run.failed, name
+
+
+def test_a_stage_switched_off_is_left_out_of_the_chain(tmp_path):
+    pipe = make(tmp_path, square={"enabled": False})
+    assert [s.name for s in pipe.stages] == ["numbers"] and [s.name for s in pipe.all_stages] == ["numbers", "square"]
+    # switching a stage on or off is not a change of its output: the hash does not move
+    assert make(tmp_path, square={"enabled": True}).hashes == make(tmp_path).hashes
+    with pytest.raises(ConfigError, match="stages.numbers.enabled: the source stage cannot be switched off"):
+        make(tmp_path, numbers={"enabled": False})
