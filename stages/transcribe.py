@@ -59,6 +59,7 @@ from pydantic import Field
 import schemas
 from pipeline.stage import Histogram, Rejected, Resources, Result, Stage, StageConfig
 from stages.audio import SAMPLE_RATE_HZ, NoAudioStreamError, extract_audio, peak_dbfs
+from stages.models import MissingWeightsError, has_files, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,6 @@ class TranscribeConfig(StageConfig):
     pack_max_audio_s: float = Field(1800.0, gt=0.0, description="audio seconds packed into one decoding call "
                                     "(bounds host memory: 1800 s of 16 kHz float32 is 115 MB)")
     extract_workers: int = Field(4, ge=1, description="ffmpeg decodes running ahead of the model")
-
-
-class MissingWeightsError(FileNotFoundError):
-    """The Whisper checkpoint is not on this machine; the message says what to download and where."""
 
 
 @dataclass
@@ -591,70 +588,23 @@ def model_repo_id(model: str) -> str | None:
     return getattr(utils, "_MODELS", {}).get(model)
 
 
-def _is_ct2_whisper(path: str) -> bool:
-    return all(os.path.isfile(os.path.join(path, f)) for f in ("model.bin", "config.json", "tokenizer.json"))
+#: a CTranslate2 Whisper checkpoint folder holds these
+_CT2_FILES = ("model.bin", "config.json", "tokenizer.json")
 
 
 def resolve_model_path(model: str, model_dir: str | None = None) -> str:
-    """Find a CTranslate2 Whisper checkpoint on this machine without any download.
-
-    Search order: ``model`` as a folder; ``<dir>/<model>``, ``<dir>/faster-whisper-<model>``
-    and a Hugging Face cache layout inside ``<dir>`` for ``dir`` in (``model_dir``,
-    ``$LIVECC_MODEL_DIR``); the default Hugging Face cache (``$HF_HOME``/``$HF_HUB_CACHE``).
-    A checkpoint folder holds ``model.bin``, ``config.json`` and ``tokenizer.json``.
-
-    Returns:
-        The checkpoint folder.
+    """Find a CTranslate2 Whisper checkpoint (``model.bin``, ``config.json``, ``tokenizer.json``)
+    without any download: :func:`stages.models.resolve_checkpoint`, also trying
+    ``<dir>/faster-whisper-<model>``.
 
     Raises:
-        MissingWeightsError: not found; the message gives the download command and the place
-        to put the files.
+        MissingWeightsError: not found; the message gives the download command and the place.
     """
-    if os.path.isdir(model):
-        if _is_ct2_whisper(model):
-            return model
-        raise MissingWeightsError(f"{model} is a folder but not a CTranslate2 Whisper checkpoint "
-                                  f"(it needs model.bin, config.json and tokenizer.json)")
-    searched: list[str] = []
-    roots = [d for d in (model_dir, os.environ.get("LIVECC_MODEL_DIR")) if d]
-    tail = model.rsplit("/", 1)[-1]
-    for root in dict.fromkeys(roots):
-        for name in dict.fromkeys((model, tail, f"faster-whisper-{tail}")):
-            cand = os.path.join(root, name)
-            searched.append(cand)
-            if _is_ct2_whisper(cand):
-                return cand
-        found = _from_hf_cache(model, root)
-        searched.append(f"{root} (as a Hugging Face cache)")
-        if found:
-            return found
-    found = _from_hf_cache(model, None)
     try:
-        from huggingface_hub import constants
-        searched.append(f"{constants.HF_HUB_CACHE} (Hugging Face cache)")
-    except ImportError:
-        searched.append("the Hugging Face cache")
-    if found:
-        return found
-    repo = model_repo_id(model) or f"<a CTranslate2 conversion of {model}>"
-    dest = os.path.join(model_dir or os.environ.get("LIVECC_MODEL_DIR") or "/models", tail)
-    raise MissingWeightsError(
-        f"Whisper weights {model!r} not found. Searched: {'; '.join(searched)}. "
-        f"Download them once on a machine with internet access, e.g.\n"
-        f"    huggingface-cli download {repo} --local-dir {dest}\n"
-        f"and set stages.transcribe.model_dir (or $LIVECC_MODEL_DIR) to {os.path.dirname(dest)}, "
-        f"or stages.transcribe.model to the folder itself. Without --local-dir the download goes "
-        f"to the Hugging Face cache, which is searched too.")
-
-
-def _from_hf_cache(model: str, cache_dir: str | None) -> str | None:
-    repo = model_repo_id(model)
-    if repo is None:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(repo, cache_dir=cache_dir, local_files_only=True)
-    except Exception:  # noqa: BLE001 - any miss (not cached, offline, bad id) means "not here"
-        return None
-    return path if _is_ct2_whisper(path) else None
+        return resolve_checkpoint(model, stage="transcribe", repo_id=model_repo_id(model), model_dir=model_dir,
+                                  is_checkpoint=has_files(*_CT2_FILES),
+                                  aliases=(f"faster-whisper-{model.rsplit('/', 1)[-1]}",), what="Whisper weights")
+    except MissingWeightsError as exc:
+        if os.path.isdir(model):
+            raise MissingWeightsError(f"{exc} (it needs {', '.join(_CT2_FILES)})") from None
+        raise

@@ -17,7 +17,7 @@ from stages.crawl.errors import ERROR_CLASSES, RateLimited, as_crawl_error, cate
 from stages.crawl.media import (
     MediaConfig, MediaDownload, VideoMediaDownload, covered_fraction, covering, existing_sections, plan_sections, section_name,
 )
-from stages.crawl.ratelimit import TokenBucket, backoff_delay
+from stages.ratelimit import TokenBucket, backoff_delay
 from stages.crawl.ytdl import check_video_id, parse_video_ref
 from stages.videos import Caption, choose_caption as choose_among
 

@@ -50,7 +50,7 @@ from pydantic import Field, field_validator
 import schemas
 from pipeline.stage import Rejected, Resources, Stage
 from stages.crawl.errors import CrawlError, UnknownCrawlError, as_crawl_error
-from stages.crawl.ratelimit import RateLimiter
+from stages.ratelimit import RateLimiter
 from stages.videos import Caption, category_rejection, choose_caption, language_matches, video_row
 from stages.crawl.ytdl import (
     ARCHIVE_FILE, PARTIAL_DIR, Archive, CollectingLogger, NetConfig, check_video_id,

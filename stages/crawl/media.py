@@ -47,7 +47,7 @@ from pydantic import Field
 import schemas
 from pipeline.stage import Resources, Stage
 from stages.crawl.errors import NetworkError, UnknownCrawlError, as_crawl_error
-from stages.crawl.ratelimit import RateLimiter, backoff_delay
+from stages.ratelimit import RateLimiter, backoff_delay
 from stages.videos import has_audio
 from stages.crawl.ytdl import (
     PARTIAL_DIR, Archive, CollectingLogger, NetConfig, YdlCache, check_video_id, fetch_info, watch_url,

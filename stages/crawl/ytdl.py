@@ -3,7 +3,7 @@ folder, a rate-limited and retrying ``YoutubeDL``, and video-id handling.
 
 Every HTTP request yt-dlp makes in-process (page, player API, info JSON, captions, whole
 media files) goes through :meth:`PoliteYoutubeDL.urlopen`, which takes a token from the
-shared :class:`~stages.crawl.ratelimit.RateLimiter` first and retries HTTP 429, 5xx and
+shared :class:`~stages.ratelimit.RateLimiter` first and retries HTTP 429, 5xx and
 transport errors (timeouts, resets) with exponential backoff and jitter; a 429 also holds
 every other worker for the ``Retry-After`` time. Interrupted bodies are resumed by yt-dlp's
 own downloader (``.part`` files, HTTP Range), whose retries use the same backoff. ffmpeg,
@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 from pipeline.stage import StageConfig
 from pipeline.storage import Storage
 from stages.crawl.errors import InvalidVideoId, RemovedVideo
-from stages.crawl.ratelimit import RateLimiter, backoff_delay
+from stages.ratelimit import RateLimiter, backoff_delay
 
 log = logging.getLogger(__name__)
 
