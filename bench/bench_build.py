@@ -59,7 +59,7 @@ def loop_baseline(archive: Path, out: Path) -> tuple[float, int]:
     """The same stage classes and settings, called in a plain loop in this process."""
     from recipes.pretrain import STAGES
     from pipeline.config import load_config
-    from pipeline.executor import Pipeline
+    from pipeline.pipeline import Pipeline
     from pipeline.stage import Rejected
 
     cfg_path = write_config(out.parent / "loop.yaml", archive, out)

@@ -61,7 +61,7 @@ def _pipeline(config: Path, overrides: list[str] | None):
     """The config bound to its recipe; a bad config or an unknown recipe exits 2 with the
     file and key named (before Prefect or Ray is imported)."""
     from pipeline.config import ConfigError, load_config
-    from pipeline.executor import Pipeline
+    from pipeline.pipeline import Pipeline
     from recipes import recipe_stages
 
     try:
@@ -75,17 +75,17 @@ def _pipeline(config: Path, overrides: list[str] | None):
 @contextlib.contextmanager
 def _services(pipe):
     """The Prefect API for the flow run (a temporary local server unless ``PREFECT_API_URL``
-    names one) and Ray with the first stage's actors, started while the server boots.
+    names one), and Ray started while the server boots.
 
     Raises:
         RuntimeError: the Prefect server did not start.
     """
-    from pipeline.executor import ensure_ray, warm_pool
+    from pipeline.executor import ensure_ray
     from pipeline.prefect_server import PrefectServer
 
     with PrefectServer(wait=False) as server:
-        ensure_ray(pipe.cfg)
-        warm_pool(pipe, pipe.stages[0])
+        if pipe.cfg.ray.executor == "ray":
+            ensure_ray(pipe.cfg)
         server.wait_ready()
         yield server
 
@@ -123,7 +123,8 @@ def _print_outputs(pipe) -> None:
         c = o.counts
         what = f" ({c['samples']} samples in {c['shards']} shards)" if {"samples", "shards"} <= set(c) else ""
         out.print(f"{o.kind + ':':<8} {pipe.storage.url_of(o.path)}{what}")
-    out.print(f"reports: {pipe.storage.url_of(pipe.cfg.corpus)}/<stage>/_report.md")
+    out.print(f"reports: {pipe.storage.url_of(pipe.cfg.corpus)}/<stage>/_report.md and "
+              f"{pipe.storage.url_of(pipe.cfg.corpus)}/_build/report.md (timeline)")
 
 
 @app.command()
@@ -131,14 +132,21 @@ def build(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
           force: bool = typer.Option(False, "--force", help="Redo every part of every stage."),
           progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: when on a terminal)."),
           verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
-    """Build a corpus: run every stage of the config's flow as a Prefect flow on Ray.
+    """Build a corpus: run every stage of the config's recipe as a Prefect flow on Ray, parts
+    streaming from stage to stage.
 
-    Resumable: parts already done are skipped, so a killed build picks up where it stopped.
-    A changed stage config marks that stage and everything downstream stale. Bad items are
-    recorded in each stage's _errors/_rejected part files; the build goes on.
+    Resumable: parts already done are skipped, so a killed build picks up where it stopped. A
+    changed stage config marks that stage's parts stale, and a part downstream is redone only
+    if its input changed. Bad items are recorded in each stage's _errors/_rejected part files;
+    the build goes on. A failed part stops only its own chain; the build exits 1 naming it.
     """
     _setup_logging(verbose)
     pipe = _pipeline(config, set_)
+    try:
+        pipe.plan_source()  # new videos become new parts; a discovery that costs requests runs once
+    except Exception as exc:  # noqa: BLE001 - a source that cannot list is the user's to fix
+        console.print(f"[red]error:[/red] {pipe.stages[0].name}: cannot list the items: {exc}")
+        raise typer.Exit(2)
     if not force and pipe.up_to_date():
         out.print(f"Nothing to do: all {len(pipe.stages)} stages of {pipe.cfg.corpus!r} are up to date.")
         _print_outputs(pipe)
@@ -147,18 +155,23 @@ def build(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
         from flows.build import build_corpus
 
         results = build_corpus(str(config), set_ or [], force=force, progress=progress)
-    failed = {r["stage"]: r["failed"] for r in results if r["failed"]}
-    t = Table(title=f"corpus {pipe.cfg.corpus!r}")
-    for col in ("stage", "parts run", "skipped", "failed", "kept", "rejected", "errors"):
+    t = Table(title=f"corpus {pipe.cfg.corpus!r} (kept, rejected, errors: items in the parts run)")
+    for col in ("stage", "parts run", "skipped", "failed", "blocked", "kept", "rejected", "errors"):
         t.add_column(col, justify="left" if col == "stage" else "right")
     for r in results:
         c = r["counts"]
-        t.add_row(r["stage"], str(len(r["ran"])), str(r["skipped"]), str(len(r["failed"])),
+        t.add_row(r["stage"], str(len(r["ran"])), str(r["skipped"]), str(len(r["failed"])), str(len(r["blocked"])),
                   str(c.get("kept", 0)), str(c.get("rejected", 0)), str(c.get("errors", 0)))
     out.print(t)
     _print_outputs(pipe)
+    _exit_on_failures(results)
+
+
+def _exit_on_failures(results: list[dict]) -> None:
+    failed = {r["stage"]: r["failed"] for r in results if r["failed"]}
     if failed:
-        console.print(f"[red]failed parts[/red] (see `livecc status`): {failed}")
+        named = "; ".join(f"{stage} part(s) {_ranges(sorted(int(k) for k in parts))}" for stage, parts in failed.items())
+        console.print(f"[red]failed:[/red] {named} (errors: `livecc status CONFIG --json`, the stage's _manifest.json)")
         raise typer.Exit(1)
 
 
@@ -186,8 +199,7 @@ def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc sta
     out.print(f"{stage}: ran parts [{_ranges(sorted(r['ran']))}], skipped {r['skipped']}, failed {len(r['failed'])}; "
               f"kept {c.get('kept', 0)}, rejected {c.get('rejected', 0)}, errors {c.get('errors', 0)}")
     out.print(f"report: {r['report']}")
-    if r["failed"]:
-        raise typer.Exit(1)
+    _exit_on_failures([r])
 
 
 @stage_app.command("list")
@@ -205,22 +217,25 @@ def stage_list(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt) -> 
 @app.command()
 def status(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Show each stage's parts as done, pending, stale or failed, with item counts."""
+    """Show each stage's parts as done, pending, stale, failed or blocked (an upstream part
+    failed), with item counts, and the parts in flight while a build runs. Reads manifests and
+    the saved plan only: it never lists a source or touches the network."""
     pipe = _pipeline(config, set_)
     rows = pipe.status()
     if as_json:
         out.print_json(json.dumps(rows))
         return
     t = Table(title=f"{pipe.cfg.corpus} @ {pipe.cfg.root}")
-    for col in ("stage", "done", "pending", "stale", "failed", "kept", "rejected", "errors", "finalize"):
+    for col in ("stage", "done", "in flight", "pending", "stale", "failed", "blocked", "kept", "rejected", "errors",
+                "finalize"):
         t.add_column(col, justify="left" if col in ("stage", "finalize") else "right")
     for r in rows:
         p, c = r["parts"], r["counts"]
 
-        def cell(state: str) -> str:
-            ids = p[state]
-            return f"{len(ids)}" + (f" [{_ranges(ids)}]" if ids and state != "done" and len(ids) <= 50 else "")
-        t.add_row(r["stage"], cell("done"), cell("pending"), cell("stale"), cell("failed"),
+        def cell(ids: list[int], full: bool = True) -> str:
+            return f"{len(ids)}" + (f" [{_ranges(ids)}]" if ids and full and len(ids) <= 50 else "")
+        t.add_row(r["stage"] + ("" if r["planned"] else " (not planned yet)"), cell(p["done"], False),
+                  cell(r["in_flight"]), cell(p["pending"]), cell(p["stale"]), cell(p["failed"]), cell(p["blocked"]),
                   str(c.get("kept", 0)), str(c.get("rejected", 0)), str(c.get("errors", 0)), r["finalize"] or "-")
     out.print(t)
 

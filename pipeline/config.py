@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,7 +30,9 @@ class ConfigError(ValueError):
 
 class RayConfig(BaseModel):
     """Where stages run. ``address`` null: ``$RAY_ADDRESS`` if set, else a local Ray started
-    by the command (``num_cpus`` caps it). ``part_retries``: extra attempts for a part that raises."""
+    by the command (``num_cpus`` caps it). ``part_retries``: extra attempts for a part that raises.
+    ``fuse``: run consecutive stages of one resource shape as one task per part.
+    ``executor``: ``ray``, or ``local`` to run every part in the command's own process."""
     model_config = ConfigDict(extra="forbid")
 
     address: str | None = None
@@ -38,6 +40,8 @@ class RayConfig(BaseModel):
     num_gpus: int | None = Field(None, ge=0)
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     part_retries: int = Field(2, ge=0)
+    fuse: bool = True
+    executor: Literal["ray", "local"] = "ray"
 
 
 class BuildConfig(BaseModel):

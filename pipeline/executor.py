@@ -1,332 +1,411 @@
-"""Run a flow's stages part by part on Ray, with resume, retries and progress.
+"""Run a pipeline's parts: a streaming scheduler over two executors, Ray and in-process.
 
-:class:`Pipeline` binds a build config to a flow's ordered stage list. For each stage it
-works out which parts are done, stale, failed or pending (see :mod:`pipeline.manifest`),
-sends the parts that need work to Ray actors, and records the results in the manifest.
+:class:`Pipeline` (:mod:`pipeline.pipeline`) says what is done; :meth:`Executor.run` runs the
+rest (docs/architecture.md, "Execution").
 
-Ray: a local instance is started by the command itself (no dashboard, usage stats off);
-``ray.address`` in the config, or ``$RAY_ADDRESS``, points at a cluster instead. Actors are
-pooled by resource shape and reused across stages; each actor runs a stage's ``setup()``
-once and then processes part after part. A part that raises is retried
-``ray.part_retries`` times, then marked failed while the other parts finish.
+**Streaming.** Lineage is by part id, so each part flows down the chain on its own: when part
+*k* of stage *s* is written, part *k* of stage *s+1* is runnable. Parts of different stages run
+at the same time, each on actors of its own resource shape; a part whose stage is already done
+for its input is skipped on the driver and flows on at once. There is no barrier between stages.
+
+**Backpressure.** A stage starts a part only while the stage after it has fewer than its
+``resources.max_parts_waiting`` parts waiting (finished upstream, not started); a stage's parts
+in flight are capped by its actors and ``resources.concurrency``. A fast upstream stage
+therefore stalls instead of filling memory or disk ahead of a slow one.
+
+**Fusion.** Consecutive stages with the same resource shape (CPUs, GPUs, memory) run fused: one
+task takes a part through all of them, the kept rows of one passed in memory to the next, and
+every stage still writes its part files and gets its manifest entry. It is the executor's
+decision (``ray.fuse``), invisible to stages.
+
+**Failures.** A part that raises (or whose actor or node dies) is retried ``ray.part_retries``
+times, then marked failed; that stops only its own chain: its downstream parts are blocked, the
+other parts run to the end.
+
+**Why Ray Core actors, not Ray Data.** The unit of resumption is our part, with its three part
+files and a manifest entry written by the driver, and a part's stage must be skippable when it
+is done for the input it gets. Ray Data's streaming executor moves blocks of rows between
+operators and owns their retry and ordering, so it would hide exactly the per-part decisions
+that resume and lineage need. Actors with futures keep those decisions here, and an actor
+still loads a stage's models once (``setup``) and then serves part after part.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import BuildConfig, ConfigError, check_stage_sections, config_hash, stage_config
-from pipeline.manifest import (DONE, FAILED, PENDING, STALE, Manifest, PartEntry, load_manifest, now,
-                               save_manifest)
-from pipeline.stage import Output, Resources, Stage, StageContext
-from pipeline.storage import Storage, part_name
-from pipeline.worker import items_fingerprint
+from pipeline.config import BuildConfig
+from pipeline.manifest import DONE, FAILED, Manifest, PartEntry, now
+from pipeline.pipeline import BuildRun, Listener, Pipeline, StageRun, has_finalize
+from pipeline.stage import Resources, Stage
+from pipeline.storage import part_name
+from pipeline.worker import StageRunner, items_fingerprint
 
 log = logging.getLogger("livecc")
 
 OFFLINE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+MANIFEST_SAVE_S = 2.0   # a kill loses at most this much of the manifest records (the parts are redone)
+LIVE_WRITE_S = 1.0
+
+
+def shape(res: Resources) -> tuple:
+    """What an actor needs: stages with equal shapes share actors (and may be fused)."""
+    return (res.num_cpus, res.num_gpus, res.memory_bytes)
 
 
 @dataclass
-class StageRun:
-    """What one ``run_stage`` call did."""
-    stage: str
-    ran: list[int] = field(default_factory=list)
-    failed: dict[int, str] = field(default_factory=dict)
-    skipped: int = 0
-    finalized: bool = False
-    seconds: float = 0.0
-
-    @property
-    def did_work(self) -> bool:
-        return bool(self.ran or self.failed or self.finalized)
+class Group:
+    """Consecutive stages of one resource shape; a task runs a part through them fused."""
+    stages: list[type[Stage]]
+    resources: Resources
+    concurrency: int | None
+    max_waiting: int
 
 
-class Pipeline:
-    """A build config bound to a flow's stages.
+@dataclass(order=True)
+class _Chain:
+    """One part's way down the chosen stages: ``at`` is the next stage (index into them)."""
+    part: int
+    at: int = field(compare=False, default=0)
+    input_fp: str = field(compare=False, default="")
+    items: Any = field(compare=False, default=None)   # plan items while at a source
+    attempts: dict[int, int] = field(compare=False, default_factory=dict)
 
-    Raises:
-        ConfigError: on construction, when a stage section is unknown or invalid.
+
+class Executor:
+    """Runs the parts a pipeline needs; subclasses say where a task runs.
+
+    A task is a part taken through one or more stages (:meth:`pipeline.worker.StageRunner.run_chain`).
+    Subclasses implement :meth:`free_slots`, :meth:`want`, :meth:`submit`, :meth:`poll` and
+    :meth:`close`.
     """
 
-    def __init__(self, cfg: BuildConfig, stages: list[type[Stage]]):
-        check_stage_sections(cfg, stages)
-        self.cfg = cfg
-        self.all_stages = list(stages)
-        self.storage = Storage(cfg.root, cfg.storage_options)
-        self.configs = {s.name: stage_config(cfg, s) for s in self.all_stages}
-        self.stages = enabled_stages(cfg, self.all_stages, self.configs)
-        self.hashes: dict[str, str] = {}
-        upstream = ""
+    fuse: bool = True
+    part_retries: int = 2
+
+    # -- backend -----------------------------------------------------------------------------
+    def free_slots(self, res: Resources) -> int:
+        """Tasks of this resource shape that can start now."""
+        raise NotImplementedError
+
+    def want(self, demand: list[tuple[Resources, int]]) -> None:
+        """Per resource shape, how many tasks could start now but have no free worker: grow
+        capacity there (and release it where nothing waits) if the backend can."""
+
+    def submit(self, res: Resources, task: dict[str, Any]) -> Any:
+        """Start a task; returns a handle that :meth:`poll` reports."""
+        raise NotImplementedError
+
+    def poll(self, timeout_s: float) -> list[tuple[Any, Any]]:
+        """Finished tasks: ``(handle, results or the exception)``; waits up to ``timeout_s``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release workers."""
+
+    # -- scheduling ----------------------------------------------------------------------------
+    def run(self, pipe: Pipeline, stages: list[type[Stage]], parts: list[int] | None = None, force: bool = False,
+            progress: bool | None = None, listener: Listener | None = None) -> BuildRun:
+        """Run ``stages`` (consecutive in the recipe) for the parts that need it, streaming.
+
+        Raises:
+            KeyError: ``parts`` names a part that has no input.
+            ValueError: ``stages`` are not consecutive in the recipe.
+        """
+        return _Schedule(self, pipe, stages, parts, force, progress, listener or Listener()).run()
+
+
+class _Schedule:
+    """One run of :meth:`Executor.run` (driver side)."""
+
+    def __init__(self, ex: Executor, pipe: Pipeline, stages: list[type[Stage]], parts: list[int] | None,
+                 force: bool, progress: bool | None, listener: Listener):
+        idx = [pipe.index(s.name) for s in stages]
+        if idx != list(range(idx[0], idx[0] + len(idx))):
+            raise ValueError(f"stages {[s.name for s in stages]} are not consecutive in the recipe")
+        self.ex, self.pipe, self.stages, self.first = ex, pipe, stages, idx[0]
+        self.parts, self.force, self.listener = parts, force, listener
+        self.manifests = {s.name: pipe.manifest(s.name) for s in stages}
+        self.runs = {s.name: StageRun(s.name) for s in stages}
+        self.groups = self._groups()
+        self.group_of = {s.name: gi for gi, g in enumerate(self.groups) for s in g.stages}
+        self.waiting: list[list[_Chain]] = [[] for _ in self.groups]
+        self.inflight: dict[Any, tuple[_Chain, int]] = {}
+        self.inflight_count = [0] * len(self.groups)
+        self.remaining = [0] * len(stages)
+        self.finished: set[str] = set()
+        self.timeline: list[dict[str, Any]] = []
+        self.progress = _Progress([s.name for s in stages], progress)
+        self._dirty: set[str] = set()
+        self._saved_at = self._live_at = 0.0
+
+    def _groups(self) -> list[Group]:
+        groups: list[Group] = []
         for s in self.stages:
-            upstream = config_hash({"stage": s.name, "config": self.configs[s.name].hash_payload(),
-                                    "upstream": upstream, "part_size": cfg.part_size if s.input_schema is None else None})
-            self.hashes[s.name] = upstream
-
-    # -- lookup ------------------------------------------------------------------
-    def stage(self, name: str) -> type[Stage]:
-        for s in self.stages:
-            if s.name == name:
-                return s
-        raise KeyError(f"no stage {name!r} in flow {self.cfg.flow!r}; stages: {', '.join(s.name for s in self.stages)}")
-
-    def stage_dir(self, name: str) -> str:
-        return f"{self.cfg.corpus}/{name}"
-
-    def context(self, stage: type[Stage], part: int | None = None) -> StageContext:
-        return StageContext(storage=self.storage, corpus=self.cfg.corpus, stage_dir=self.stage_dir(stage.name),
-                            part=part, build=self.cfg.model_dump(mode="json"))
-
-    def instantiate(self, stage: type[Stage]) -> Stage:
-        return stage(self.configs[stage.name], self.context(stage))
-
-    def outputs(self, kind: str | None = None) -> list[Output]:
-        """What the stages publish (e.g. ``kind="shards"``), with their finalize counts."""
-        found = []
-        for s in self.stages:
-            summary = (load_manifest(self.storage, self.stage_dir(s.name), s.name).finalize or {}).get("summary")
-            found += [o for o in self.instantiate(s).outputs(summary) if kind is None or o.kind == kind]
-        return found
-
-    # -- plans and inputs ------------------------------------------------------------
-    def plan(self, stage: type[Stage], save: bool) -> list[list[dict[str, Any]]]:
-        """Parts of a source stage. A saved plan keeps its part membership; items found
-        later are appended as new parts. A changed source config starts a new plan."""
-        path = f"{self.stage_dir(stage.name)}/_plan.json"
-        saved = self.storage.read_json(path)
-        h = self.hashes[stage.name]
-        parts: list[list[dict]] = saved["parts"] if saved and saved.get("config_hash") == h else []
-        if parts and not stage.replan:
-            return parts
-        inst = self.instantiate(stage)
-        key = inst.key
-        known = {key(it) for p in parts for it in p}
-        new = [it for it in inst.plan() if key(it) not in known]
-        if new or not saved or saved.get("config_hash") != h:
-            size = self.cfg.part_size
-            parts = parts + [new[i:i + size] for i in range(0, len(new), size)]
-            if save:
-                self.storage.write_json(path, {"config_hash": h, "parts": parts})
-        return parts
-
-    def inputs(self, index: int, save_plan: bool = False) -> dict[int, tuple[str, Any]]:
-        """part -> (input fingerprint, input) for the parts stage ``index`` can process:
-        plan items for a source, else the upstream's done part files."""
-        stage = self.stages[index]
-        if stage.input_schema is None:
-            return {k: (items_fingerprint(items), items) for k, items in enumerate(self.plan(stage, save_plan))}
-        up = self.stages[index - 1]
-        up_manifest = load_manifest(self.storage, self.stage_dir(up.name), up.name)
-        return self._done_upstream(index, up_manifest, self.part_states(index - 1, up_manifest))
-
-    def _done_upstream(self, index: int, up_manifest: Manifest, up_states: dict[int, str]) -> dict[int, tuple[str, Any]]:
-        """The inputs of stage ``index``: the previous stage's done part files."""
-        up_dir = self.stage_dir(self.stages[index - 1].name)
-        return {k: (up_manifest.entry(k).output_fingerprint, f"{up_dir}/{part_name(k)}")
-                for k, state in up_states.items() if state == DONE}
-
-    def part_states(self, index: int, manifest: Manifest | None = None,
-                    inputs: dict[int, tuple[str, Any]] | None = None) -> dict[int, str]:
-        stage = self.stages[index]
-        manifest = manifest or load_manifest(self.storage, self.stage_dir(stage.name), stage.name)
-        inputs = self.inputs(index) if inputs is None else inputs
-        h = self.hashes[stage.name]
-        states = {}
-        for k, (fp, _) in inputs.items():
-            e = manifest.entry(k)
-            if e is None:
-                states[k] = PENDING
-            elif e.status == FAILED:
-                states[k] = FAILED if e.config_hash == h and e.input_fingerprint == fp else STALE
-            elif e.config_hash != h or e.input_fingerprint != fp:
-                states[k] = STALE
-            elif not self.storage.exists(f"{self.stage_dir(stage.name)}/{part_name(k)}"):
-                states[k] = PENDING
+            res = self.pipe.configs[s.name].resources or s.resources
+            if groups and self.ex.fuse and shape(groups[-1].resources) == shape(res):
+                g = groups[-1]
+                g.stages.append(s)
+                caps = [c for c in (g.concurrency, res.concurrency) if c]
+                g.concurrency = min(caps) if caps else None
+                g.max_waiting = min(g.max_waiting, res.max_parts_waiting)
             else:
-                states[k] = DONE
-        return states
+                groups.append(Group([s], res, res.concurrency, res.max_parts_waiting))
+        return groups
 
-    def _finalize_fingerprint(self, stage: type[Stage], manifest: Manifest, done: list[int]) -> str:
-        return config_hash([self.hashes[stage.name]] + [manifest.entry(k).output_fingerprint for k in done])
-
-    # -- status --------------------------------------------------------------------
-    def status(self) -> list[dict[str, Any]]:
-        """One entry per stage: part states, summed counts, finalize state."""
-        rows = []
-        manifest = states = None
-        for i, stage in enumerate(self.stages):
-            # each stage's inputs come from the states just computed for the stage before it,
-            # instead of re-deriving the whole upstream chain (and re-listing the source) per stage
-            inputs = self.inputs(i) if i == 0 else self._done_upstream(i, manifest, states)
-            manifest = load_manifest(self.storage, self.stage_dir(stage.name), stage.name)
-            states = self.part_states(i, manifest, inputs)
-            counts: dict[str, int] = {}
-            for k, st in states.items():
-                if st == DONE:
-                    for c, v in manifest.entry(k).counts.items():
-                        counts[c] = counts.get(c, 0) + v
-            by_state = {s: sorted(k for k, v in states.items() if v == s) for s in (DONE, PENDING, STALE, FAILED)}
-            finalize = None
-            if _has_finalize(stage):
-                done = by_state[DONE]
-                fin = manifest.finalize or {}
-                finalize = DONE if done and fin.get("fingerprint") == self._finalize_fingerprint(stage, manifest, done) else PENDING
-            rows.append({"stage": stage.name, "parts": by_state, "counts": counts, "finalize": finalize,
-                         "upstream_parts_missing": i > 0 and not inputs})
-        return rows
-
-    def up_to_date(self) -> bool:
-        """True when every stage has all parts done and nothing to finalize (no Ray, no Prefect)."""
-        for row in self.status():
-            p = row["parts"]
-            if p[PENDING] or p[STALE] or p[FAILED] or row["finalize"] == PENDING:
-                return False
-        return True
-
-    # -- running ---------------------------------------------------------------------
-    def run_stage(self, name: str, parts: list[int] | None = None, force: bool = False,
-                  progress: bool | None = None) -> StageRun:
-        """Run one stage: the parts that are not done (all with ``force``; exactly ``parts``
-        when given), then its ``finalize`` if the set of done parts changed."""
-        t0 = time.perf_counter()
-        index = [s.name for s in self.stages].index(self.stage(name).name)
-        stage = self.stages[index]
-        sdir = self.stage_dir(name)
-        manifest = load_manifest(self.storage, sdir, name)
-        manifest.config_hash = self.hashes[name]
-        manifest.config = self.configs[name].model_dump(mode="json")
-        inputs = self.inputs(index, save_plan=True)
-        states = self.part_states(index, manifest, inputs)
-        if parts is not None:
-            unknown = sorted(set(parts) - set(inputs))
+    # -- the chains ----------------------------------------------------------------------------
+    def _initial_chains(self) -> list[_Chain]:
+        s0, pipe = self.stages[0], self.pipe
+        if s0.input_schema is None:
+            plan = pipe.plan_source()
+            inputs = {k: (items_fingerprint(items), items) for k, items in enumerate(plan)}
+            unready: dict[int, str] = {}
+        else:
+            up = pipe.stages[self.first - 1]
+            states = pipe.states()[up.name]
+            up_m = pipe.manifest(up.name)
+            inputs = {k: (up_m.entry(k).output_fingerprint, None) for k, (st, _) in states.items() if st == DONE}
+            unready = {k: st for k, (st, _) in states.items() if st != DONE}
+        if self.parts is not None:
+            unknown = sorted(set(self.parts) - set(inputs))
             if unknown:
-                raise KeyError(f"{name}: no input for part(s) {unknown}; available: {sorted(inputs)[:20]}")
-            todo = sorted(parts)
+                raise KeyError(f"{s0.name}: no input for part(s) {unknown}; available: {sorted(inputs)[:20]}")
+            inputs = {k: inputs[k] for k in sorted(self.parts)}
         else:
-            todo = sorted(k for k, st in states.items() if force or st != DONE)
-        run = StageRun(stage=name, skipped=len(inputs) - len(todo))
-        if todo:
-            log.info("%s: %d part(s) to run, %d already done", name, len(todo), run.skipped)
-            self._dispatch(stage, todo, inputs, manifest, run, progress)
+            for k, st in unready.items():  # an upstream part that failed blocks this one
+                if st in (FAILED, "blocked"):
+                    for s in self.stages:
+                        self.runs[s.name].blocked.append(k)
+        self.remaining = [len(inputs)] * len(self.stages)
+        return [_Chain(k, 0, fp, items) for k, (fp, items) in sorted(inputs.items())]
+
+    def _advance(self, c: _Chain) -> None:
+        """Skip the stages already done for the chain's input, then queue it at the next one."""
+        while c.at < len(self.stages):
+            stage = self.stages[c.at]
+            self._started(stage)
+            m = self.manifests[stage.name]
+            forced = self.force or (self.parts is not None and c.at == 0)
+            if not forced and self.pipe.entry_state(stage, m, c.part, c.input_fp) == DONE:
+                self.runs[stage.name].skipped.append(c.part)
+                self._passed(c.at)
+                c.input_fp, c.items = m.entry(c.part).output_fingerprint, None
+                c.at += 1
+                continue
+            heapq.heappush(self.waiting[self.group_of[stage.name]], c)
+            return
+
+    def _passed(self, at: int) -> None:
+        self.remaining[at] -= 1
+        self.progress.advance(self.stages[at].name)
+
+    def _stop(self, c: _Chain, error: str) -> None:
+        stage = self.stages[c.at]
+        self.manifests[stage.name].set(c.part, PartEntry(
+            status=FAILED, config_hash=self.pipe.keys[stage.name], input_fingerprint=c.input_fp,
+            attempts=c.attempts.get(c.at, 1), error=error, finished_at=now()))
+        self._dirty.add(stage.name)
+        self.runs[stage.name].failed[c.part] = error
+        log.error("%s part %d failed after %d attempt(s): %s", stage.name, c.part, c.attempts.get(c.at, 1), error)
+        for i in range(c.at, len(self.stages)):
+            if i > c.at:
+                self.runs[self.stages[i].name].blocked.append(c.part)
+            self._passed(i)
+
+    def _started(self, stage: type[Stage]) -> None:
+        run = self.runs[stage.name]
+        if run.started_at is None:
+            run.started_at = time.time()
+            self.listener.stage_started(stage.name)
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def _task(self, c: _Chain, gi: int) -> dict[str, Any]:
+        group = self.groups[gi]
+        names = [s.name for s in group.stages]
+        chain = [s for s in self.stages[c.at:] if s.name in names]
+        specs = []
+        for s in chain:
+            e = self.manifests[s.name].entry(c.part)
+            done = e is not None and e.status == DONE and e.config_hash == self.pipe.keys[s.name]
+            specs.append({"cls": s, "config": self.pipe.configs[s.name].model_dump(mode="json"),
+                          "context": self.pipe.context(s), "done_input": e.input_fingerprint if done else None,
+                          "done_output": e.output_fingerprint if done else None})
+        source = chain[0].input_schema is None
+        up = None if source else self.pipe.stages[self.pipe.index(chain[0].name) - 1]
+        return {"part": c.part, "source": source, "force": self.force,
+                "input": c.items if source else f"{self.pipe.stage_dir(up.name)}/{part_name(c.part)}",
+                "input_fingerprint": c.input_fp, "stages": specs}
+
+    def _allowed(self, gi: int) -> int:
+        """How many more parts the group may start now, by its concurrency cap and by
+        backpressure (the next group's waiting room), whatever the free actors."""
+        g, n = self.groups[gi], len(self.waiting[gi])
+        if g.concurrency is not None:
+            n = min(n, g.concurrency - self.inflight_count[gi])
+        nxt = gi + 1
+        if nxt < len(self.groups):  # backpressure: the next stage has enough waiting
+            n = min(n, self.groups[nxt].max_waiting - len(self.waiting[nxt]) - self.inflight_count[gi])
+        return max(0, n)
+
+    def _start_tasks(self) -> None:
+        demand: dict[tuple, list] = {}
+        for gi in reversed(range(len(self.groups))):  # downstream first: drain before filling
+            res = self.groups[gi].resources
+            allowed = self._allowed(gi)
+            while allowed > 0 and self.ex.free_slots(res) > 0:
+                c = heapq.heappop(self.waiting[gi])
+                c.attempts[c.at] = c.attempts.get(c.at, 0) + 1
+                handle = self.ex.submit(res, self._task(c, gi))
+                self.inflight[handle] = (c, gi)
+                self.inflight_count[gi] += 1
+                allowed -= 1
+            entry = demand.setdefault(shape(res), [res, 0])
+            entry[1] += allowed  # parts that could start if there were an actor
+        self.ex.want([(res, n) for res, n in demand.values()])
+
+    def _record(self, c: _Chain, results: list[dict[str, Any]]) -> None:
+        for r in results:
+            stage = self.stages[c.at]
+            if r["stage"] != stage.name:
+                raise RuntimeError(f"worker ran {r['stage']} where {stage.name} was next for part {c.part}")
+            run = self.runs[stage.name]
+            if r["ran"]:
+                self.manifests[stage.name].set(c.part, PartEntry(
+                    status=DONE, config_hash=self.pipe.keys[stage.name], input_fingerprint=r["input_fingerprint"],
+                    output_fingerprint=r["output_fingerprint"], counts=r["counts"], reasons=r["reasons"],
+                    seconds=r["seconds"], attempts=c.attempts.get(c.at, 1), finished_at=now()))
+                self._dirty.add(stage.name)
+                run.ran.append(c.part)
+                self.timeline.append({"stage": stage.name, "part": c.part, "start": r["start"], "end": r["end"],
+                                      "items": r["counts"]["input"]})
+            else:
+                run.skipped.append(c.part)
+            self._passed(c.at)
+            c.input_fp, c.items = r["output_fingerprint"], None
+            c.at += 1
+
+    def _done(self, handle: Any, outcome: Any) -> None:
+        c, gi = self.inflight.pop(handle)
+        self.inflight_count[gi] -= 1
+        if not isinstance(outcome, BaseException):
+            self._record(c, outcome)
+            self._advance(c)
+            return
+        cause = getattr(outcome, "cause", None) or outcome
+        self._record(c, getattr(cause, "livecc_results", None) or [])
+        err = _short_error(outcome)
+        stage = self.stages[c.at]
+        if c.attempts.get(c.at, 1) <= self.ex.part_retries:
+            log.warning("%s part %d failed (attempt %d/%d), retrying: %s", stage.name, c.part, c.attempts[c.at],
+                        self.ex.part_retries + 1, err)
+            heapq.heappush(self.waiting[self.group_of[stage.name]], c)
         else:
-            log.info("%s: all %d part(s) done, nothing to run", name, len(inputs))
-        done = sorted(k for k, st in self.part_states(index, manifest, inputs).items() if st == DONE)
-        if _has_finalize(stage) and done:
-            fp = self._finalize_fingerprint(stage, manifest, done)
-            if force or (manifest.finalize or {}).get("fingerprint") != fp:
-                summary = self.instantiate(stage).finalize(done)
-                manifest.finalize = {"fingerprint": fp, "parts": len(done), "summary": summary, "finished_at": now()}
-                run.finalized = True
-        save_manifest(self.storage, sdir, manifest)
-        run.seconds = round(time.perf_counter() - t0, 3)
-        return run
+            self._stop(c, err)
 
-    def _dispatch(self, stage: type[Stage], todo: list[int], inputs: dict, manifest: Manifest,
-                  run: StageRun, progress: bool | None) -> None:
-        import ray
+    def _finish_stages(self) -> None:
+        """Finalize each stage no part can reach any more, in order, and tell the listener."""
+        for i, s in enumerate(self.stages):
+            if s.name in self.finished:
+                continue
+            if self.remaining[i] > 0 or any(n not in self.finished for n in (x.name for x in self.stages[:i])):
+                return
+            run = self.runs[s.name]
+            self._started(s)
+            if has_finalize(s):
+                run.finalized = self.pipe.finalize(s, self.manifests, force=self.force)
+                self._dirty.add(s.name)
+            self._save(force=True)
+            run.finished_at = time.time()
+            run.counts = _sum_counts(self.manifests[s.name], run.ran)
+            self.finished.add(s.name)
+            self.progress.finish(s.name)
+            self.listener.stage_finished(s.name, run)
 
-        ensure_ray(self.cfg)
-        cfg = self.configs[stage.name]
-        res: Resources = cfg.resources or stage.resources
-        n_actors = _capacity(res, len(todo))
-        actors = _pool(res, n_actors)
-        h = self.hashes[stage.name]
-        ctx = self.context(stage)
-        max_attempts = self.cfg.ray.part_retries + 1
-        queue = deque(todo)
-        attempts = {k: 0 for k in todo}
-        inflight: dict[Any, tuple[int, int]] = {}  # ref -> (part, actor index)
-        idle = deque(range(len(actors)))
-        up_counts = self._input_sizes(stage, todo, inputs)
-        bar = _Progress(stage.name, len(todo), sum(up_counts.values()), progress)
-        last_save = time.monotonic()
+    def _save(self, force: bool = False) -> None:
+        if self._dirty and (force or time.monotonic() - self._saved_at > MANIFEST_SAVE_S):
+            self.pipe.save({n: self.manifests[n] for n in self._dirty})
+            self._dirty.clear()
+            self._saved_at = time.monotonic()
 
-        def submit(actor_i: int) -> None:
-            k = queue.popleft()
-            attempts[k] += 1
-            spec = {"stage_cls": stage, "config": cfg.model_dump(mode="json"), "context": ctx,
-                    "config_hash": h, "part": k, "input": inputs[k][1], "source": stage.input_schema is None}
-            inflight[actors[actor_i].run_part.remote(spec)] = (k, actor_i)
+    def _write_live(self, started_at: float) -> None:
+        if time.monotonic() - self._live_at < LIVE_WRITE_S:
+            return
+        stages: dict[str, dict[str, list[int]]] = {s.name: {"in_flight": [], "waiting": []} for s in self.stages}
+        for c, _ in self.inflight.values():
+            stages[self.stages[c.at].name]["in_flight"].append(c.part)
+        for gi, q in enumerate(self.waiting):
+            for c in q:
+                stages[self.stages[c.at].name]["waiting"].append(c.part)
+        self.pipe.write_live({k: {a: sorted(b) for a, b in v.items()} for k, v in stages.items()}, started_at)
+        self._live_at = time.monotonic()
 
+    def run(self) -> BuildRun:
+        started = time.time()
+        chains = self._initial_chains()
+        self.progress.start(len(chains))
         try:
-            while queue or inflight:
-                while queue and idle:
-                    submit(idle.popleft())
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    k, ai = inflight.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - a part failure must not stop the others
-                        if isinstance(exc, ray.exceptions.RayActorError):
-                            actors[ai] = _new_actor(res)  # the actor died (OOM, segfault): replace it
-                        err = _short_error(exc)
-                        if attempts[k] < max_attempts:
-                            log.warning("%s part %d failed (attempt %d/%d), retrying: %s", stage.name, k,
-                                        attempts[k], max_attempts, err)
-                            queue.append(k)
-                        else:
-                            log.error("%s part %d failed after %d attempts: %s", stage.name, k, attempts[k], err)
-                            manifest.set(k, PartEntry(status=FAILED, config_hash=h, input_fingerprint=inputs[k][0],
-                                                      attempts=attempts[k], error=err, finished_at=now()))
-                            run.failed[k] = err
-                            bar.advance(up_counts.get(k, 0))
-                        idle.append(ai)
-                        continue
-                    manifest.set(k, PartEntry(status=DONE, config_hash=h, input_fingerprint=inputs[k][0],
-                                              output_fingerprint=result["output_fingerprint"], counts=result["counts"],
-                                              reasons=result["reasons"], seconds=result["seconds"],
-                                              attempts=attempts[k], finished_at=now()))
-                    run.ran.append(k)
-                    bar.advance(result["counts"]["input"])
-                    idle.append(ai)
-                if time.monotonic() - last_save > 2.0:  # throttled: a kill loses at most ~2 s of records
-                    save_manifest(self.storage, self.stage_dir(stage.name), manifest)
-                    last_save = time.monotonic()
+            for c in chains:
+                self._advance(c)
+            self._finish_stages()
+            while self.inflight or any(self.waiting):
+                self._start_tasks()
+                self._write_live(started)
+                for handle, outcome in self.ex.poll(0.2):
+                    self._done(handle, outcome)
+                self._save()
+                self._finish_stages()
+            self._finish_stages()
         finally:
-            bar.close()
-            save_manifest(self.storage, self.stage_dir(stage.name), manifest)
-
-    def _input_sizes(self, stage: type[Stage], todo: list[int], inputs: dict) -> dict[int, int]:
-        if stage.input_schema is None:
-            return {k: len(inputs[k][1]) for k in todo}
-        index = self.stages.index(stage)
-        up = self.stages[index - 1]
-        m = load_manifest(self.storage, self.stage_dir(up.name), up.name)
-        return {k: (m.entry(k).counts.get("kept", 0) if m.entry(k) else 0) for k in todo}
+            self.progress.close()
+            self._save(force=True)
+            self.pipe.clear_live()
+        return BuildRun(self.runs, self.timeline, started, time.time())
 
 
-def enabled_stages(cfg: BuildConfig, stages: list[type[Stage]], configs: dict) -> list[type[Stage]]:
-    """The recipe without the stages switched off (``stages.<name>.enabled: false``).
-
-    Raises:
-        ConfigError: the source is switched off, or a stage would read rows of another schema
-            than the stage now before it writes.
-    """
-    kept = [s for s in stages if configs[s.name].enabled]
-    where = cfg.path or "config"
-    if not kept or kept[0] is not stages[0]:
-        raise ConfigError(f"{where}: stages.{stages[0].name}.enabled: the source stage cannot be switched off")
-    for prev, nxt in zip(kept, kept[1:]):
-        if nxt.input_schema is not None and not nxt.input_schema.equals(prev.output_schema):
-            off = [s.name for s in stages[stages.index(prev) + 1:stages.index(nxt)]]
-            raise ConfigError(f"{where}: stages.{off[0]}.enabled: with {', '.join(off)} switched off, {nxt.name} "
-                              f"would read the rows {prev.name} writes, which have another schema")
-    return kept
+def _sum_counts(m: Manifest, parts: list[int]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for k in parts:
+        e = m.entry(k)
+        for c, v in (e.counts if e else {}).items():
+            total[c] = total.get(c, 0) + v
+    return total
 
 
-def _has_finalize(stage: type[Stage]) -> bool:
-    return stage.finalize is not Stage.finalize
+# -- in-process ---------------------------------------------------------------------------------
+
+class LocalExecutor(Executor):
+    """Runs tasks one at a time in this process: engine tests and tiny builds need no Ray."""
+
+    def __init__(self, cfg: BuildConfig | None = None):
+        self.runner = StageRunner()
+        self.part_retries = cfg.ray.part_retries if cfg else 0
+        self.fuse = cfg.ray.fuse if cfg else True
+        self._done: list[tuple[Any, Any]] = []
+        self._n = 0
+
+    def free_slots(self, res: Resources) -> int:
+        return 0 if self._done else 1
+
+    def submit(self, res: Resources, task: dict[str, Any]) -> Any:
+        self._n += 1
+        try:
+            outcome: Any = self.runner.run_chain(task)
+        except Exception as exc:  # noqa: BLE001 - reported to the scheduler like a remote failure
+            outcome = exc
+        self._done.append((self._n, outcome))
+        return self._n
+
+    def poll(self, timeout_s: float) -> list[tuple[Any, Any]]:
+        done, self._done = self._done, []
+        return done
 
 
-# -- Ray plumbing ---------------------------------------------------------------------
-_POOLS: dict[tuple, list] = {}
-
+# -- Ray ----------------------------------------------------------------------------------------
 
 def ensure_ray(cfg: BuildConfig) -> None:
     """Connect to ``ray.address`` / ``$RAY_ADDRESS``, or start a local Ray, once per process."""
@@ -348,21 +427,156 @@ def ensure_ray(cfg: BuildConfig) -> None:
                  _node_ip_address="127.0.0.1", **kwargs)
 
 
-def warm_pool(pipe: "Pipeline", stage: type[Stage]) -> None:
-    """Ask Ray for a stage's actors now; they start while the caller does other work."""
-    res = pipe.configs[stage.name].resources or stage.resources
-    _pool(res, _capacity(res, 1 << 30))
-
-
 def shutdown_ray() -> None:
     import ray
 
-    _POOLS.clear()
     if ray.is_initialized():
         ray.shutdown()
 
 
-def _capacity(res: Resources, n_parts: int) -> int:
+@dataclass
+class _Slot:
+    actor: Any
+    ready_ref: Any
+    ready: bool = False
+    busy: bool = False
+    since: float = field(default_factory=time.monotonic)
+
+
+class _Pool:
+    """The actors of one resource shape, shared by every stage of that shape."""
+
+    def __init__(self, res: Resources, max_actors: int):
+        self.res, self.max_actors = res, max_actors
+        self.slots: list[_Slot] = []
+        self.demand = 0
+
+    def new_actor(self) -> _Slot:
+        import ray
+
+        from pipeline.actor import StageWorker
+
+        opts: dict[str, Any] = {"num_cpus": self.res.num_cpus, "num_gpus": self.res.num_gpus}
+        if self.res.memory_bytes:
+            opts["memory"] = self.res.memory_bytes
+        actor = ray.remote(StageWorker).options(**opts).remote()
+        slot = _Slot(actor, actor.ready.remote())
+        self.slots.append(slot)
+        return slot
+
+    def idle(self) -> list[_Slot]:
+        return [s for s in self.slots if s.ready and not s.busy]
+
+
+class RayExecutor(Executor):
+    """Runs tasks on Ray actors, pooled by resource shape; it owns its pools.
+
+    A pool grows while its stages have parts waiting, up to what the cluster fits. When a pool
+    waits for an actor the cluster cannot place, an idle actor of a pool with nothing to do is
+    released, so a later stage's shape is never starved by an earlier one's idle actors. An actor
+    that dies (OOM, segfault, a lost node) is dropped from its pool and its part retried.
+    """
+
+    def __init__(self, cfg: BuildConfig):
+        ensure_ray(cfg)
+        self.part_retries = cfg.ray.part_retries
+        self.fuse = cfg.ray.fuse
+        self.pools: dict[tuple, _Pool] = {}
+        self.inflight: dict[Any, tuple[_Pool, _Slot]] = {}
+
+    def pool(self, res: Resources) -> _Pool:
+        key = shape(res)
+        if key not in self.pools:
+            self.pools[key] = _Pool(res, _capacity(res))
+        return self.pools[key]
+
+    def free_slots(self, res: Resources) -> int:
+        return len(self.pool(res).idle())
+
+    def want(self, demand: list[tuple[Resources, int]]) -> None:
+        for p in self.pools.values():
+            p.demand = 0
+        for res, n in demand:
+            pool = self.pool(res)
+            pool.demand = n
+            busy = sum(1 for s in pool.slots if s.busy)
+            for _ in range(max(0, min(n + busy, pool.max_actors) - len(pool.slots))):
+                pool.new_actor()
+
+    def submit(self, res: Resources, task: dict[str, Any]) -> Any:
+        pool = self.pool(res)
+        slot = pool.idle()[0]
+        slot.busy = True
+        ref = slot.actor.run_chain.remote(task)
+        self.inflight[ref] = (pool, slot)
+        return ref
+
+    def poll(self, timeout_s: float) -> list[tuple[Any, Any]]:
+        import ray
+
+        readiness = {s.ready_ref: (p, s) for p in self.pools.values() for s in p.slots if not s.ready}
+        refs = list(self.inflight) + list(readiness)
+        if not refs:
+            time.sleep(timeout_s)
+            return []
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        done: list[tuple[Any, Any]] = []
+        for ref in ready:
+            if ref in readiness:
+                pool, slot = readiness[ref]
+                try:
+                    ray.get(ref)
+                    slot.ready, slot.since = True, time.monotonic()
+                except Exception as exc:  # noqa: BLE001 - an actor that cannot start is dropped
+                    log.warning("an actor of shape %s did not start: %s", shape(pool.res), _short_error(exc))
+                    pool.slots.remove(slot)
+                continue
+            pool, slot = self.inflight.pop(ref)
+            slot.busy, slot.since = False, time.monotonic()
+            try:
+                done.append((ref, ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001 - a part failure must not stop the others
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    pool.slots.remove(slot)  # replaced on demand by want()
+                done.append((ref, exc))
+        self._release_idle()
+        return done
+
+    def _release_idle(self) -> None:
+        """An idle actor of a pool with no waiting parts makes room for a pool whose new actors
+        the cluster cannot place."""
+        import ray
+
+        now_s = time.monotonic()
+        starved = [p for p in self.pools.values()
+                   if p.demand and not p.idle() and any(not s.ready and now_s - s.since > 1.0 for s in p.slots)]
+        if not starved:
+            return
+        for p in self.pools.values():
+            if p in starved or p.demand:
+                continue
+            for s in p.idle():
+                if now_s - s.since > 0.5:
+                    ray.kill(s.actor)
+                    p.slots.remove(s)
+                    return
+
+    def close(self) -> None:
+        import ray
+
+        for p in self.pools.values():
+            for s in p.slots:
+                try:
+                    ray.kill(s.actor)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        self.pools.clear()
+
+
+def _capacity(res: Resources) -> int:
+    """How many actors of this shape the whole cluster fits."""
     import ray
 
     total = ray.cluster_resources()
@@ -371,38 +585,12 @@ def _capacity(res: Resources, n_parts: int) -> int:
         fits.append(int(total.get("CPU", 1) // res.num_cpus))
     if res.num_gpus > 0:
         fits.append(int(total.get("GPU", 0) // res.num_gpus))
-    n = min(fits) if fits else n_parts
-    if res.concurrency:
-        n = min(n, res.concurrency)
-    return max(1, min(n, n_parts))
+    return max(1, min(fits) if fits else 1)
 
 
-def _new_actor(res: Resources):
-    import ray
-
-    from pipeline.actor import StageWorker
-
-    opts: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
-    if res.memory_bytes:
-        opts["memory"] = res.memory_bytes
-    return ray.remote(StageWorker).options(**opts).remote()
-
-
-def _pool(res: Resources, n: int) -> list:
-    import ray
-
-    key = (res.num_cpus, res.num_gpus, res.memory_bytes)
-    if key not in _POOLS:
-        # idle actors of another resource shape hold the CPUs/GPUs this stage needs: with
-        # them alive, the new actors could never be scheduled and the build would hang
-        for other in _POOLS.values():
-            for actor in other:
-                ray.kill(actor)
-        _POOLS.clear()
-    pool = _POOLS.setdefault(key, [])
-    while len(pool) < n:
-        pool.append(_new_actor(res))
-    return pool[:n]
+def make_executor(cfg: BuildConfig) -> Executor:
+    """``ray.executor``: ``ray`` (default) or ``local`` (in-process, no Ray)."""
+    return LocalExecutor(cfg) if cfg.ray.executor == "local" else RayExecutor(cfg)
 
 
 def _short_error(exc: BaseException) -> str:
@@ -412,29 +600,35 @@ def _short_error(exc: BaseException) -> str:
 
 
 class _Progress:
-    """Two bars, parts and items; plain log lines when stderr is not a terminal."""
+    """A bar per stage (parts that passed it); plain log lines when stderr is not a terminal."""
 
-    def __init__(self, name: str, parts: int, items: int, enabled: bool | None):
-        self.name, self.parts, self.done = name, parts, 0
+    def __init__(self, names: list[str], enabled: bool | None):
+        self.names = names
         self.live = sys.stderr.isatty() if enabled is None else enabled
         self.t0 = time.monotonic()
+        self.done = dict.fromkeys(names, 0)
+        self.total = 0
+        self.p = None
+
+    def start(self, total: int) -> None:
+        self.total = total
         if self.live:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-            self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-            self.t_parts = self.p.add_task(f"{name} parts", total=parts)
-            self.t_items = self.p.add_task(f"{name} items", total=items or None)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), transient=False)
+            self.tasks = {n: self.p.add_task(n, total=total) for n in self.names}
             self.p.start()
 
-    def advance(self, items: int) -> None:
-        self.done += 1
-        if self.live:
-            self.p.advance(self.t_parts)
-            self.p.advance(self.t_items, items)
-        elif self.done == self.parts or self.done % max(1, self.parts // 10) == 0:
-            log.info("%s: %d/%d parts (%.1f s)", self.name, self.done, self.parts, time.monotonic() - self.t0)
+    def advance(self, name: str) -> None:
+        self.done[name] += 1
+        if self.p is not None:
+            self.p.advance(self.tasks[name])
+
+    def finish(self, name: str) -> None:
+        if self.p is None:
+            log.info("%s: %d/%d parts (%.1f s)", name, self.done[name], self.total, time.monotonic() - self.t0)
 
     def close(self) -> None:
-        if self.live:
+        if self.p is not None:
             self.p.stop()

@@ -1,11 +1,11 @@
 """Per-stage ``_manifest.json``: the record of which parts are done, with what config.
 
 Only the driver writes a manifest (Ray workers return results to it), always atomically.
-A part is *done* when its entry says so, its ``config_hash`` equals the stage's current
-effective hash (the stage config chained with every upstream stage's), its
+A part is *done* when its entry says so, its ``config_hash`` equals the stage's current key
+(its own config, declared version and extra inputs: :mod:`pipeline.pipeline`), its
 ``input_fingerprint`` equals the upstream part's current ``output_fingerprint``, and its
 part file exists. Otherwise it is *stale* (an entry that no longer matches), *failed*,
-or *pending* (no entry).
+or *pending* (no entry, or its input is not ready).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import schemas
 from pipeline import __version__
 
 DONE, PENDING, STALE, FAILED = "done", "pending", "stale", "failed"
+BLOCKED = "blocked"  # not a manifest status: a part whose upstream part failed (status only)
 
 
 class PartEntry(BaseModel):

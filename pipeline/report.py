@@ -1,6 +1,8 @@
-"""Stage reports: counts kept / rejected / errored, rejection reasons, error types and
+"""Reports. Per stage: counts kept / rejected / errored, rejection reasons, error types and
 PNG histograms, written next to the stage manifest (``_report.json``, ``_report.md``,
-``<column>_hist.png``) and returned as Markdown for a Prefect artifact."""
+``<column>_hist.png``). Per build: a timeline of every part of every stage and each stage's
+busy time, idle time and throughput (``<corpus>/_build/``). Both return Markdown for a
+Prefect artifact."""
 from __future__ import annotations
 
 import io
@@ -53,7 +55,7 @@ def build_report(pipeline, stage_name: str) -> dict[str, Any]:
     index = pipeline.stages.index(stage)
     sdir = pipeline.stage_dir(stage_name)
     manifest = load_manifest(pipeline.storage, sdir, stage_name)
-    states = pipeline.part_states(index, manifest)
+    states = pipeline.part_states(index)
     done = sorted(k for k, s in states.items() if s == DONE)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -116,3 +118,75 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines += [f"## {col}", "", f"n={h['n']}, min={h['min']:.2f}, median={h['median']:.2f}, max={h['max']:.2f}", "",
                   f"![{col}]({h['png']})", ""]
     return "\n".join(lines)
+
+
+def timeline_report(pipeline, run) -> dict[str, Any]:
+    """Where a build's time went: one row per stage with a bar per part (``timeline.png``), and
+    per stage its parts run, busy time (the union of its parts' intervals, s), idle time (the
+    build's wall time minus busy, s) and throughput (input items per busy second). Written to
+    ``<corpus>/_build/report.md|.json`` and ``timeline.png``; returned with a ``markdown`` key
+    (the PNG inlined as a data URI, for a Prefect artifact)."""
+    import base64
+
+    wall = max(1e-9, run.finished_at - run.started_at)
+    rows = []
+    for name, sr in run.stages.items():
+        spans = sorted((t["start"], t["end"]) for t in run.timeline if t["stage"] == name)
+        busy, cur_a, cur_b = 0.0, None, None
+        for a, b in spans:
+            if cur_b is None or a > cur_b:
+                busy += 0.0 if cur_b is None else cur_b - cur_a
+                cur_a, cur_b = a, b
+            else:
+                cur_b = max(cur_b, b)
+        busy += 0.0 if cur_b is None else cur_b - cur_a
+        items = sum(t["items"] for t in run.timeline if t["stage"] == name)
+        rows.append({"stage": name, "parts_run": len(sr.ran), "parts_skipped": len(sr.skipped),
+                     "parts_failed": len(sr.failed), "parts_blocked": len(sr.blocked),
+                     "busy_s": round(busy, 2), "idle_s": round(max(0.0, wall - busy), 2),
+                     "items_per_busy_s": round(items / busy, 2) if busy > 0 else None,
+                     "first_start_s": round(spans[0][0] - run.started_at, 2) if spans else None,
+                     "last_end_s": round(max(b for _, b in spans) - run.started_at, 2) if spans else None})
+    png = _timeline_png(run)
+    base = f"{pipeline.cfg.corpus}/_build"
+    pipeline.storage.write_bytes(f"{base}/timeline.png", png)
+    lines = [f"# Build of `{pipeline.cfg.corpus}`", "", f"Wall time {wall:.1f} s.", "",
+             "| stage | parts run | skipped | failed | blocked | busy s | idle s | items / busy s | first start s | last end s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {r['parts_run']} | {r['parts_skipped']} | {r['parts_failed']} | "
+                     f"{r['parts_blocked']} | {r['busy_s']} | {r['idle_s']} | {r['items_per_busy_s'] or '-'} | "
+                     f"{r['first_start_s'] if r['first_start_s'] is not None else '-'} | "
+                     f"{r['last_end_s'] if r['last_end_s'] is not None else '-'} |")
+    report = {"wall_s": round(wall, 2), "stages": rows, "timeline_png": pipeline.storage.url_of(f"{base}/timeline.png")}
+    pipeline.storage.write_json(f"{base}/report.json", report)
+    pipeline.storage.write_bytes(f"{base}/report.md", "\n".join(
+        lines + ["", "![timeline](timeline.png)", ""]).encode())
+    report["markdown"] = "\n".join(lines + ["", f"![timeline](data:image/png;base64,{base64.b64encode(png).decode()})", ""])
+    return report
+
+
+def _timeline_png(run) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(run.stages)
+    fig = Figure(figsize=(9, 0.45 * len(names) + 1.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = ["#3b6ea8", "#d08c2f"]
+    for row, name in enumerate(names):
+        bars = [(t["start"] - run.started_at, t["end"] - t["start"], t["part"])
+                for t in run.timeline if t["stage"] == name]
+        for x, w, part in bars:
+            ax.broken_barh([(x, max(w, 1e-3))], (row - 0.4, 0.8), facecolors=colors[part % 2], edgecolor="white",
+                           linewidth=0.3)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the build started")
+    ax.set_title("parts of each stage over time (alternating colours: consecutive parts)")
+    ax.set_xlim(0, max(1e-3, run.finished_at - run.started_at))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

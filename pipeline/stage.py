@@ -24,7 +24,8 @@ class Resources(BaseModel):
     """What one actor of a stage needs, and how its work is batched: Ray logical
     ``num_cpus``/``num_gpus`` and a ``memory_bytes`` reservation per actor; ``batch_size`` rows
     per :meth:`Stage.process_batch` call (``None``: the whole part); ``concurrency`` caps the
-    actors (``None``: as many as the cluster fits)."""
+    stage's parts in flight (``None``: as many as its actors); ``max_parts_waiting`` bounds the
+    parts finished upstream and not yet started here (backpressure: upstream stops when full)."""
     model_config = ConfigDict(extra="forbid")
 
     num_cpus: float = Field(1.0, ge=0)
@@ -32,6 +33,7 @@ class Resources(BaseModel):
     memory_bytes: int | None = Field(None, ge=0)
     batch_size: int | None = Field(64, ge=1)
     concurrency: int | None = Field(None, ge=1)
+    max_parts_waiting: int = Field(8, ge=1)
 
 
 class StageConfig(BaseModel):
@@ -101,7 +103,8 @@ class Stage:
     row) or :meth:`process_batch` (e.g. on a GPU). ``name`` is the folder and CLI name;
     ``key_field`` names an item in ``_errors`` rows; ``count_field``, when one item writes
     several rows (the shard's row per member), is the column whose distinct values count as kept;
-    ``replan`` (sources): list the items again on every run."""
+    ``replan`` (sources): list the items again on every run; ``version``: bump it when a code
+    change alters the output for the same input and config (it is part of every part's key)."""
 
     name: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
@@ -111,6 +114,7 @@ class Stage:
     key_field: ClassVar[str] = "video_id"
     count_field: ClassVar[str | None] = None
     replan: ClassVar[bool] = True
+    version: ClassVar[str] = "1"
     report_histograms: ClassVar[dict[str, Histogram]] = {}
 
     def __init__(self, config: StageConfig, context: StageContext):
@@ -140,6 +144,11 @@ class Stage:
             except Exception as exc:  # noqa: BLE001 - per-item isolation is the contract
                 out.append(exc)
         return out
+
+    def fingerprint(self) -> Any:
+        """What the output depends on besides the input part and the config (e.g. model files),
+        as JSON-able data; computed on the driver, part of every part's key. Default: nothing."""
+        return None
 
     def key(self, row: dict[str, Any]) -> str:
         """The item's id in ``_errors`` rows and reports."""

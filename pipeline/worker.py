@@ -1,6 +1,8 @@
-"""What runs on a Ray actor: one part of one stage, from input rows to three part files.
+"""What runs on a worker: a part through one stage, or through a fused chain of stages, from
+input rows to each stage's three part files.
 
-Kept free of Ray so that it can run in-process too (tests, debugging, the bench baseline).
+Kept free of Ray: :class:`StageRunner` is the body of the Ray actor (:mod:`pipeline.actor`) and
+of the in-process :class:`pipeline.executor.LocalExecutor` alike.
 """
 from __future__ import annotations
 
@@ -70,14 +72,20 @@ def run_batches(stage: Stage, rows: list[dict[str, Any]]) -> list[Any]:
 
 
 def execute_part(stage: Stage, storage: Storage, part: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Process one part and write its files (see :func:`execute_part_table`); returns the result."""
+    return execute_part_table(stage, storage, part, rows)[0]
+
+
+def execute_part_table(stage: Stage, storage: Storage, part: int,
+                       rows: list[dict[str, Any]]) -> tuple[dict[str, Any], pa.Table]:
     """Process one part and write ``part-k``, ``_rejected/part-k`` and ``_errors/part-k``.
 
     The main part file is written last: its presence (with a matching manifest entry)
     is what makes the part done, so a kill at any point leaves the part redoable.
 
     Returns:
-        counts (input, kept, rejected, errors), rejection reasons, the output fingerprint
-        (sha256 of the part file) and the wall seconds.
+        the result -- counts (input, kept, rejected, errors), rejection reasons, the output
+        fingerprint (sha256 of the part file) and the wall seconds -- and the kept rows as written.
     """
     t0 = time.perf_counter()
     stage.context.part = part
@@ -119,4 +127,67 @@ def execute_part(stage: Stage, storage: Storage, part: int, rows: list[dict[str,
         "reasons": dict(reasons),
         "output_fingerprint": fingerprint,
         "seconds": round(time.perf_counter() - t0, 3),
-    }
+    }, table
+
+
+class StageRunner:
+    """Runs part specs from the executor; keeps each stage it set up for later parts.
+
+    A stage is set up once per runner (actor) and config: the whole config, runtime fields
+    (device, proxies ...) included, so a changed setting gets a fresh stage even where the output
+    key is the same; several builds (roots) may share one runner.
+    """
+
+    def __init__(self) -> None:
+        self._stages: dict[tuple[str, ...], Stage] = {}
+
+    def stage(self, spec: dict[str, Any]) -> Stage:
+        cls: type[Stage] = spec["cls"]
+        ctx = spec["context"]
+        key = (f"{cls.__module__}.{cls.__qualname__}", json.dumps(spec["config"], sort_keys=True, default=str),
+               ctx.storage.url, ctx.corpus)
+        stage = self._stages.get(key)
+        if stage is None:
+            stage = cls(cls.Config.model_validate(spec["config"]), ctx)
+            stage.setup()
+            self._stages[key] = stage
+        return stage
+
+    def run_chain(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        """Part ``task["part"]`` through ``task["stages"]`` in order, the kept rows of one stage
+        passed in memory to the next (a fused chain; one stage is a chain of one). Every stage
+        still writes its part files. A later stage whose part is already done for the input it
+        now gets (``done_input`` in its spec, and its part file exists) is skipped unless
+        ``task["force"]``, and the next reads its part file.
+
+        Returns one result per stage that was reached: ``{"stage", "ran", "start", "end"}`` plus,
+        for a stage that ran, :func:`execute_part`'s result. An exception ends the chain; the
+        results so far are attached to it as ``exc.livecc_results``.
+        """
+        k, results = task["part"], []
+        rows: list[dict[str, Any]] | None = None
+        input_fp = task["input_fingerprint"]
+        for i, spec in enumerate(task["stages"]):
+            start = time.time()
+            try:
+                stage = self.stage(spec)
+                storage: Storage = stage.context.storage
+                path = f"{stage.context.stage_dir}/{part_name(k)}"
+                if i > 0 and not task["force"] and spec["done_input"] == input_fp and storage.exists(path):
+                    results.append({"stage": stage.name, "ran": False, "start": start, "end": time.time(),
+                                    "output_fingerprint": spec["done_output"]})
+                    input_fp, rows = spec["done_output"], None
+                    continue
+                if rows is None:
+                    src = task["input"] if i == 0 else f"{task['stages'][i - 1]['context'].stage_dir}/{part_name(k)}"
+                    rows = list(src) if i == 0 and task["source"] else storage.read_table(src).to_pylist()
+                result, table = execute_part_table(stage, storage, k, rows)
+            except BaseException as exc:
+                exc.livecc_results = results  # stages finished before the failure are kept
+                exc.livecc_stage = spec["cls"].name
+                raise
+            results.append({"stage": stage.name, "ran": True, "start": start, "end": time.time(),
+                            "input_fingerprint": input_fp, **result})
+            input_fp = result["output_fingerprint"]
+            rows = table.to_pylist() if i + 1 < len(task["stages"]) else None
+        return results
