@@ -64,8 +64,9 @@ class LanguageConfig(StageConfig):
 
 
 class LanguageFilter(Stage):
-    """Detects each clip's language from its words, records ``lang`` and ``lang_score`` and keeps
-    the target language at ``min_score`` or above (module docstring).
+    """Language of each clip's words (lang, lang_score); keeps English with score >= 0.9.
+
+    The target language and score are configurable (module docstring).
 
     ``setup`` raises ``ImportError`` when the backend's package is missing and
     :class:`stages.models.MissingWeightsError` when the transformers backend's weights are.

@@ -134,8 +134,9 @@ class Encoded:
 
 
 class LmLossFilter(Stage):
-    """Scores every clip's words with a chat LM and keeps ``min_loss <= lm_loss <= max_loss``
-    (module docstring; reference ``data/production/lm_loss.py``).
+    """Chat-LM loss of each clip's words; keeps 1.5 <= lm_loss <= 5 (SFT; configurable).
+
+    Module docstring; reference ``data/production/lm_loss.py``.
 
     ``setup`` raises :class:`MissingWeightsError` when the checkpoint is absent, ``ImportError``
     when ``transformers`` (the ``train`` extra) is not installed, ``ValueError`` when the
@@ -219,7 +220,9 @@ class LmLossFilter(Stage):
 
 
 class PretrainLmLossFilter(LmLossFilter):
-    """:class:`LmLossFilter` with the pre-training default ``max_loss`` 6.5 (same stage name)."""
+    """Chat-LM loss of each clip's words; keeps 1.5 <= lm_loss <= 6.5 (pre-training; configurable).
+
+    :class:`LmLossFilter` with the reference's pre-training ``max_loss`` (same stage name)."""
 
     Config = PretrainLmLossConfig
 
