@@ -88,7 +88,7 @@ class LmLossConfig(StageConfig):
     """Settings of :class:`LmLossFilter`: thresholds (reference SFT: 1.5-5), the model and
     how it runs (module docstring)."""
     runtime_fields: ClassVar[frozenset[str]] = frozenset(
-        {"model_dir", "device", "attn_implementation", "max_batch_tokens", "max_batch_rows"})
+        {"model_dir", "device", "attn_implementation", "max_batch_tokens", "max_batch_rows", "share_prefix"})
 
     min_loss: float = Field(1.5, description="lowest lm_loss kept, nats/token (reference: 1.5)")
     max_loss: float = Field(5.0, description="highest lm_loss kept, nats/token (reference SFT: 5; pre-training: 6.5)")
@@ -104,6 +104,8 @@ class LmLossConfig(StageConfig):
         "auto", description="auto: flash_attention_2 on cuda when flash-attn is installed, else sdpa")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per forward pass")
     max_batch_rows: int = Field(64, ge=1, description="clips per forward pass")
+    share_prefix: bool = Field(True, description="score the clips of one video on one cached prefix "
+                               "(system turn, title, common previous transcription) instead of recomputing it")
 
     @model_validator(mode="after")
     def _bounds(self) -> "LmLossConfig":
@@ -198,8 +200,9 @@ class LmLossFilter(Stage):
             todo.append(i)
             encoded.append(enc)
         t0 = time.perf_counter()
+        groups = [rows[i].get("video_id") for i in todo] if cfg.share_prefix else None
         losses = self.scorer.losses(encoded, mode=cfg.mode, max_batch_tokens=cfg.max_batch_tokens,
-                                    max_batch_rows=cfg.max_batch_rows)
+                                    max_batch_rows=cfg.max_batch_rows, groups=groups)
         if encoded:
             n_tok = sum(len(e.input_ids) for e in encoded)
             dt = time.perf_counter() - t0
@@ -329,30 +332,68 @@ class LossScorer:
 
     # -- scoring -------------------------------------------------------------------------
     def losses(self, encoded: Sequence[Encoded], *, mode: Mode = "compat", max_batch_tokens: int = 16384,
-               max_batch_rows: int = 64) -> list[float]:
-        """``lm_loss`` of each encoded clip (nats per scored token), in input order, computed
-        in length-sorted batches (:func:`length_batches`)."""
+               max_batch_rows: int = 64, groups: Sequence[str | None] | None = None,
+               min_shared_tokens: int = 256) -> list[float]:
+        """``lm_loss`` of each encoded clip (nats per scored token), in input order.
+
+        Clips of one ``groups`` value (a video) whose chats share at least ``min_shared_tokens``
+        leading tokens (the system turn, the title and the common start of their previous
+        transcriptions) are scored on one cached prefix (:func:`prefix_chains`); the rest in
+        length-sorted batches (:func:`length_batches`). Both give the loss of the clip alone."""
         out = [math.nan] * len(encoded)
-        for batch in length_batches([len(e.input_ids) for e in encoded], max_batch_tokens, max_batch_rows):
-            for i, loss in zip(batch, self._batch_losses([encoded[i] for i in batch], mode)):
+        plain = list(range(len(encoded)))
+        if groups is not None:
+            chains, plain = prefix_chains([e.input_ids for e in encoded], [e.label_start for e in encoded],
+                                          groups, min_shared_tokens)
+            for chain in chains:
+                for i, loss in zip(chain.members, self._chain_losses(encoded, chain, mode)):
+                    out[i] = loss
+        lengths = [len(encoded[i].input_ids) for i in plain]
+        for batch in length_batches(lengths, max_batch_tokens, max_batch_rows):
+            idx = [plain[k] for k in batch]
+            for i, loss in zip(idx, self._batch_losses([encoded[i] for i in idx], mode)):
                 out[i] = loss
+        return out
+
+    def _chain_losses(self, encoded: Sequence[Encoded], chain: "PrefixChain", mode: Mode) -> list[float]:
+        """Run the chain's longest shared prefix once with a KV cache, then each member's
+        remaining tokens on that cache cropped to the member's shared length (members come
+        longest-shared first, so each crop only shortens it)."""
+        torch = self._torch
+        first = encoded[chain.members[0]].input_ids
+        out = []
+        with torch.inference_mode():
+            prefix = torch.tensor([first[:chain.shared[0]]], device=self.device)
+            cache = self.backbone(input_ids=prefix, use_cache=True).past_key_values
+            for i, shared in zip(chain.members, chain.shared):
+                e = encoded[i]
+                cache.crop(shared)
+                rest = torch.tensor([e.input_ids[shared:]], device=self.device)
+                hidden = self.backbone(input_ids=rest, past_key_values=cache, use_cache=True)[0][0]
+                # position p is predicted from the hidden state at p - 1 (index p - 1 - shared here)
+                cols = torch.arange(e.label_start, e.label_end)
+                targets = torch.tensor(e.input_ids[e.label_start:e.label_end])
+                logits = self.lm_head(hidden[(cols - 1 - shared).to(self.device)]).float()
+                ce = torch.nn.functional.cross_entropy(logits, targets.to(self.device), reduction="none").cpu()
+                out += mean_token_losses(ce, targets, torch.zeros(len(targets), dtype=torch.long), 1, mode)
         return out
 
     def _batch_losses(self, batch: list[Encoded], mode: Mode) -> list[float]:
         torch = self._torch
         n, width = len(batch), max(len(e.input_ids) for e in batch)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
         rows, cols = [], []
         for b, e in enumerate(batch):
-            ids[b, :len(e.input_ids)] = torch.tensor(e.input_ids)   # right padding: positions stay 0..n-1
-            mask[b, :len(e.input_ids)] = 1
+            ids[b, :len(e.input_ids)] = torch.tensor(e.input_ids)
             rows += [b] * e.n_scored
             cols += range(e.label_start, e.label_end)
         rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
         targets = ids[rows_t, cols_t]
         with torch.inference_mode():
-            hidden = self.backbone(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))[0]
+            # Right padding under causal attention: a real token only sees earlier positions, all
+            # real, so no padding mask is needed (pads only produce outputs nobody reads) and the
+            # attention kernels take their fast causal path instead of a materialised 4-D mask.
+            hidden = self.backbone(input_ids=ids.to(self.device))[0]
             # position p is predicted from the hidden state at p - 1
             picked = hidden[rows_t.to(self.device), (cols_t - 1).to(self.device)]
             ce = torch.empty(len(rows), dtype=torch.float32)
@@ -397,6 +438,52 @@ def length_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_rows
     if cur:
         batches.append(cur)
     return batches
+
+
+@dataclass
+class PrefixChain:
+    """Clips scored on one cached prefix: ``members`` (indices) in decreasing ``shared`` order;
+    ``shared[k]``: how many leading tokens member *k* shares with the first member."""
+    members: list[int]
+    shared: list[int]
+
+
+def prefix_chains(sequences: Sequence[Sequence[int]], label_starts: Sequence[int], groups: Sequence[str | None],
+                  min_shared: int = 256) -> tuple[list[PrefixChain], list[int]]:
+    """Split clips into chains that share a token prefix and the rest.
+
+    Within a group (a video), every clip is compared with the group's longest sequence: the
+    clips of one video share the system turn, the title and the start of their previous
+    transcriptions, so the longest one's prefix holds every other clip's shared part. A clip's
+    shared length is that common prefix, cut so that the token before its first scored token
+    is recomputed (its hidden state predicts that token). Clips sharing fewer than
+    ``min_shared`` tokens, and groups where fewer than two would share, are left to batching.
+
+    Returns:
+        (chains, plain indices)
+    """
+    by_group: dict[str, list[int]] = {}
+    plain: list[int] = []
+    for i, g in enumerate(groups):
+        (plain.append(i) if g is None else by_group.setdefault(g, []).append(i))
+    chains: list[PrefixChain] = []
+    for idx in by_group.values():
+        master = max(idx, key=lambda i: len(sequences[i]))
+        ref = sequences[master]
+        shared = {}
+        for i in idx:
+            seq, n = sequences[i], 0
+            limit = min(len(seq), len(ref), label_starts[i] - 1)
+            while n < limit and seq[n] == ref[n]:
+                n += 1
+            shared[i] = n
+        members = sorted((i for i in idx if shared[i] >= min_shared), key=lambda i: -shared[i])
+        if len(members) < 2:
+            plain += idx
+            continue
+        chains.append(PrefixChain(members, [shared[i] for i in members]))
+        plain += [i for i in idx if shared[i] < min_shared]
+    return chains, sorted(plain)
 
 
 def mean_token_losses(ce, targets, rows, n_rows: int, mode: Mode = "compat") -> list[float]:

@@ -15,7 +15,7 @@ from stages.caption_parse import decode_caption, detect_format, parse_caption
 from stages.clip import clip_row, pretrain_clips
 from stages.lm_loss import (DEFAULT_MODEL, LmLossConfig, LmLossFilter, LossScorer, MissingWeightsError,
                             PretrainLmLossConfig, PretrainLmLossFilter, chat_messages, clip_text, length_batches,
-                            mean_token_losses, resolve_model_path)
+                            mean_token_losses, prefix_chains, resolve_model_path)
 from tests.conftest import fixture_path
 from tests.tiny_qwen2 import smollm2_gguf, smollm2_scorer, tiny_qwen2_dir
 
@@ -144,17 +144,37 @@ def test_length_batches_group_similar_lengths_within_the_token_budget():
     assert [1, 5] in batches and [6] in batches  # the shortest together; an over-long one alone
 
 
-def test_padding_never_changes_a_clips_loss(tiny_stage):
+def test_padding_and_prefix_sharing_never_change_a_clips_loss(tiny_stage):
     scorer = tiny_stage.scorer
     rows = fixture_clips("ytenglishhub_english_lesson_asr.en.json3", "English lesson", max_clip_sec=40)[:6]
     rows += fixture_clips("videogrep_manifesto.en.srt", "The manifesto")
-    encoded = [scorer.encode(r["title"], r["previous"], clip_text(r["words"]), 1024) for r in rows]
+    encoded = [scorer.encode(r["title"], r["previous"], clip_text(r["words"])) for r in rows]
     assert len({len(e.input_ids) for e in encoded}) > 3  # really different lengths: real padding
     alone = [scorer.losses([e])[0] for e in encoded]
     together = scorer.losses(encoded, max_batch_tokens=10 ** 9, max_batch_rows=100)
     pairs = scorer.losses(encoded, max_batch_tokens=2048, max_batch_rows=2)
-    for a, b, c in zip(alone, together, pairs):
-        assert math.isfinite(a) and abs(a - b) <= 1e-4 and abs(a - c) <= 1e-4, (a, b, c)
+    groups = [r["video_id"] for r in rows]
+    chains, _ = prefix_chains([e.input_ids for e in encoded], [e.label_start for e in encoded], groups, 64)
+    assert chains and len(chains[0].members) >= 3  # the lesson's clips share their previous transcription
+    shared = scorer.losses(encoded, groups=groups, min_shared_tokens=64)
+    for a, b, c, d in zip(alone, together, pairs, shared):
+        assert math.isfinite(a) and abs(a - b) <= 1e-4 and abs(a - c) <= 1e-4 and abs(a - d) <= 1e-4, (a, b, c, d)
+
+
+def test_prefix_chains_share_only_what_precedes_the_scored_tokens():
+    # video "a": three chats sharing 5, 5 and 3 leading tokens with the longest; "b" alone; None never
+    seqs = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 0, 0], [1, 2, 3, 9, 9, 9], [1, 2, 3, 4, 5, 6, 7],
+            [1, 2, 3, 4, 5, 6]]
+    starts = [7, 7, 4, 6, 3]
+    chains, plain = prefix_chains(seqs, starts, ["a", "a", "a", "b", None], min_shared=3)
+    assert len(chains) == 1 and plain == [3, 4]
+    (chain,) = chains
+    # member 0 is the longest itself, cut at label_start - 1 = 6; member 1 shares 6 tokens; member 2
+    # shares 3, which is also its label_start - 1
+    assert chain.members == [0, 1, 2] and chain.shared == [6, 6, 3]
+    assert all(sh <= starts[i] - 1 for i, sh in zip(chain.members, chain.shared))
+    chains, plain = prefix_chains(seqs, starts, ["a", "a", "a", "b", None], min_shared=4)
+    assert chains[0].members == [0, 1] and plain == [2, 3, 4]
 
 
 # -- the stage -------------------------------------------------------------------------------------

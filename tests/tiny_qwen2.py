@@ -71,7 +71,7 @@ def tiny_qwen2_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: in
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         max_position_embeddings=32768, tie_word_embeddings=True,
                          bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
                          pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     config._attn_implementation = "sdpa"
