@@ -36,19 +36,24 @@ computed as the reference computes it, quirks included:
    only differs for chats beyond 32k tokens (an hour of previous speech).
 
 Decision: keep ``min_loss <= lm_loss <= max_loss``; the reference's SFT corpus used 1.5-5
-(``filter(1.5, 5)``), its pre-training corpus 1.5-6.5: :class:`LmLossFilter` (SFT) and
-:class:`PretrainLmLossFilter` differ only in that default. Rejection reasons:
+(``filter(1.5, 5)``), its pre-training corpus 1.5-6.5 (the file name
+``livecc_30-240s_wps1-4_ppl1.5-6.5_videos.json`` in ``distributed_lmm4asd.py``):
+:class:`LmLossFilter` (SFT) and :class:`PretrainLmLossFilter` differ only in that default. Rejection reasons:
 ``lm_loss_out_of_range`` (the row carries its ``lm_loss``), ``no_words``,
 ``lm_loss_undefined`` (no token left to score). Every kept and rejected clip records
 ``lm_loss``.
 
-Speed (millions of clips): one model per actor, loaded in ``setup()``; the rows of a call are
-sorted by token length and cut into batches of at most ``max_batch_tokens`` padded tokens, so
-padding stays small; right padding with an attention mask, so a clip's loss does not depend on
-its batch (a test checks alone vs. batched to 1e-4 on CPU); only the scored positions go
-through the LM head (a 152k-entry vocabulary times every token of a long ``previous`` would
-not fit), in float32 as the reference upcasts its logits. On GPU the model runs in bfloat16
-with FlashAttention-2 (SDPA when ``flash-attn`` is not installed), on CPU in float32.
+Speed (millions of clips): one model per actor, loaded in ``setup()``. The clips of one video
+share the system turn, the title and the start of their previous transcriptions: that prefix
+runs once with a KV cache and each clip runs only its remaining tokens on it
+(``share_prefix``, :func:`prefix_chains`). The other clips are sorted by token length and cut
+into batches of at most ``max_batch_tokens`` padded tokens, so padding stays small; right
+padding under causal attention needs no mask (a real token never sees a pad), so a clip's loss
+does not depend on its batch or its prefix sharing (a test checks alone vs. batched vs. shared
+to 1e-4 on CPU). Only the scored positions go through the LM head (a 152k-entry vocabulary
+times every token of a long ``previous`` would not fit), in float32 as the reference upcasts
+its logits. On GPU the model runs in bfloat16 with FlashAttention-2 (SDPA when ``flash-attn``
+is not installed), on CPU in float32.
 
 Weights are never downloaded: ``model`` is a folder, a Hub id looked up under ``model_dir``,
 ``$LIVECC_MODEL_DIR`` and the Hugging Face cache (:func:`stages.models.resolve_checkpoint`),
