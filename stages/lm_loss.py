@@ -164,8 +164,6 @@ class LmLossFilter(Stage):
 
     def __init__(self, config: LmLossConfig, context):
         super().__init__(config, context)
-        self.model = None
-        self.tokenizer = None
         self.scorer: "LossScorer | None" = None
         self.model_path = ""
 
