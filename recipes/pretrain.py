@@ -1,8 +1,11 @@
 """The pre-training corpus (the paper's Live-CC-5M recipe, docs/recipes.md):
-ingest -> caption parse -> pre-training clip -> wps filter -> shard."""
+ingest -> caption parse -> pre-training clip -> wps filter -> language -> LM loss (keep 1.5-6.5)
+-> shard."""
 from stages.caption_parse import CaptionParse
 from stages.clip import PretrainClip, WpsFilter
 from stages.ingest import LocalIngest
+from stages.language import LanguageFilter
+from stages.lm_loss import PretrainLmLossFilter
 from stages.shard import Shard
 
 STAGES = [
@@ -10,5 +13,7 @@ STAGES = [
     CaptionParse,
     PretrainClip,
     WpsFilter,
+    LanguageFilter,
+    PretrainLmLossFilter,
     Shard,
 ]

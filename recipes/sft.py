@@ -1,13 +1,14 @@
 """The SFT corpus (the paper's Live-WhisperX-526K recipe, docs/recipes.md):
 ingest -> category select -> transcribe (Whisper) -> SFT clip (sentence starts) -> wps filter
--> talking-head filter (face detection + Light-ASD) -> shard.
+-> talking-head filter (face detection + Light-ASD) -> language -> LM loss (keep 1.5-5) -> shard.
 
-LM-loss filtering and prompt (query) generation go between the talking-head filter and the
-shard stage once they exist: one line each below.
+Prompt (query) generation goes between the LM-loss filter and the shard stage.
 """
 from stages.category_select import CategorySelect
 from stages.clip import SftClip, WpsFilter
 from stages.ingest import LocalIngest
+from stages.language import LanguageFilter
+from stages.lm_loss import LmLossFilter
 from stages.shard import Shard
 from stages.talking_head import TalkingHead
 from stages.transcribe import Transcribe
@@ -19,7 +20,8 @@ STAGES = [
     SftClip,
     WpsFilter,
     TalkingHead,
-    # LmLossFilter,      (later: Qwen2-1.5B-Instruct LM loss, keep 1.5 <= loss <= 5)
+    LanguageFilter,
+    LmLossFilter,
     # PromptGeneration,  (later: GPT-4o queries)
     Shard,
 ]

