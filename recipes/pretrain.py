@@ -1,8 +1,10 @@
 """The pre-training corpus (the paper's Live-CC-5M recipe, docs/recipes.md):
-ingest -> caption parse -> pre-training clip -> wps filter -> shard."""
+ingest -> caption parse -> pre-training clip -> wps filter -> [query, off unless
+stages.query.enabled: true] -> shard."""
 from stages.caption_parse import CaptionParse
 from stages.clip import PretrainClip, WpsFilter
 from stages.ingest import LocalIngest
+from stages.query import OptionalQuery
 from stages.shard import Shard
 
 STAGES = [
@@ -10,5 +12,6 @@ STAGES = [
     CaptionParse,
     PretrainClip,
     WpsFilter,
+    OptionalQuery,
     Shard,
 ]

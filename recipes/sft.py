@@ -1,13 +1,11 @@
 """The SFT corpus (the paper's Live-WhisperX-526K recipe, docs/recipes.md):
 ingest -> category select -> transcribe (Whisper) -> SFT clip (sentence starts) -> wps filter
--> talking-head filter (face detection + Light-ASD) -> shard.
-
-LM-loss filtering and prompt (query) generation go between the talking-head filter and the
-shard stage once they exist: one line each below.
+-> talking-head filter (face detection + Light-ASD) -> query (GPT-4o user queries) -> shard.
 """
 from stages.category_select import CategorySelect
 from stages.clip import SftClip, WpsFilter
 from stages.ingest import LocalIngest
+from stages.query import Query
 from stages.shard import Shard
 from stages.talking_head import TalkingHead
 from stages.transcribe import Transcribe
@@ -20,6 +18,6 @@ STAGES = [
     WpsFilter,
     TalkingHead,
     # LmLossFilter,      (later: Qwen2-1.5B-Instruct LM loss, keep 1.5 <= loss <= 5)
-    # PromptGeneration,  (later: GPT-4o queries)
+    Query,
     Shard,
 ]

@@ -1,10 +1,12 @@
 """The pre-training corpus from YouTube (docs/recipes.md): crawl (metadata + captions, no
 media) -> caption parse -> pre-training clip -> wps filter -> media (only videos, and only the
-sections, that still have clips) -> talking-head filter -> shard."""
+sections, that still have clips) -> talking-head filter -> [query, off unless
+stages.query.enabled: true] -> shard."""
 from stages.caption_parse import CaptionParse
 from stages.clip import PretrainClip, WpsFilter
 from stages.crawl import YoutubeCrawl
 from stages.crawl.media import MediaDownload
+from stages.query import OptionalQuery
 from stages.shard import Shard
 from stages.talking_head import TalkingHead
 
@@ -15,5 +17,6 @@ STAGES = [
     WpsFilter,
     MediaDownload,
     TalkingHead,
+    OptionalQuery,
     Shard,
 ]

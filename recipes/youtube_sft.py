@@ -1,10 +1,11 @@
 """The SFT corpus from YouTube (docs/recipes.md): crawl (metadata + captions) -> category
 select -> media (whole videos) -> transcribe (Whisper) -> SFT clip -> wps filter ->
-talking-head filter -> shard. LM-loss filtering and prompt generation go before shard."""
+talking-head filter -> query (GPT-4o user queries) -> shard."""
 from stages.category_select import CategorySelect
 from stages.clip import SftClip, WpsFilter
 from stages.crawl import YoutubeCrawl
 from stages.crawl.media import VideoMediaDownload
+from stages.query import Query
 from stages.shard import Shard
 from stages.talking_head import TalkingHead
 from stages.transcribe import Transcribe
@@ -17,5 +18,6 @@ STAGES = [
     SftClip,
     WpsFilter,
     TalkingHead,
+    Query,
     Shard,
 ]
