@@ -101,7 +101,7 @@ class OpenAILoopback:
         self.batches: dict[str, dict[str, Any]] = {}
         self._polls: dict[str, int] = {}
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a batch finishes under it and answers each line
         self._server: ThreadingHTTPServer | None = None
 
     # -- addresses and counts -------------------------------------------------------------------

@@ -191,7 +191,7 @@ class Query(Stage):
         counters = Counters()
         texts = [transcript(r.get("words")) for r in rows]
         keys = [self.cache_key(t) if t else None for t in texts]
-        unique = sorted({k for k in keys if k})
+        unique = list(dict.fromkeys(k for k in keys if k))  # row order: requests go out as the clips come
         cache = self.cache
         cached = dict(zip(unique, self._pool.map(cache.get, unique)))
         answers: dict[str, dict[str, Any] | BaseException] = {k: e for k, e in cached.items() if e is not None}

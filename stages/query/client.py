@@ -56,7 +56,7 @@ class Redactor:
     Besides the exact key, a masked echo of it as OpenAI writes in 401 messages
     (``sk-...abcd``, ``sk-proj-****...abcd``) loses everything after the prefix."""
 
-    _ECHO = re.compile(r"\b(sk-(?:proj-|svcacct-|admin-)?)[A-Za-z0-9_*.\-]{4,}")
+    _ECHO = re.compile(r"\b(sk-(?:proj-|svcacct-|admin-)?)[A-Za-z0-9_*\-]{4,}")
 
     def __init__(self, key: str | None):
         self.key = key if key and len(key) >= 4 else None
