@@ -19,6 +19,7 @@ import yaml
 
 from tests.archive import link_fixtures
 from tests.conftest import FIXTURES
+from tests.openai_loopback import QUERY, OpenAILoopback
 from tests.tiny_whisper import tiny_whisper_dir
 
 pytestmark = pytest.mark.slow
@@ -50,16 +51,21 @@ def test_sft_flow_builds_whisper_transcripts_clips_and_shards(services, tmp_path
 
     model = tiny_whisper_dir(tmp_path_factory)
     root = tmp_path / "root"
+    srv = OpenAILoopback(key=os.environ["LIVECC_TEST_OPENAI_KEY"], answer=lambda text: "yes_fenced").__enter__()
     cfg = {"corpus": "sft", "flow": "sft", "root": str(root), "part_size": 4, "ray": {"part_retries": 0},
            "stages": {"ingest": {"path": str(archive), "require_captions": False},
                       "transcribe": {"model": str(model), "device": "cpu", "beam_size": 1, "max_new_tokens": 64},
                       "sft_clip": {"max_empty_sec": 10},
-                      "talking_head": {"model_dir": str(weights), "device": "cpu"}}}
+                      "talking_head": {"model_dir": str(weights), "device": "cpu"},
+                      "query": {"base_url": srv.base_url, "api_key_env": "LIVECC_TEST_OPENAI_KEY"}}}
     config = tmp_path / "sft.yaml"
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, **services, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(LIVECC + ["build", str(config), "--no-progress"], env=env, capture_output=True,
-                          text=True, timeout=900)
+    try:
+        proc = subprocess.run(LIVECC + ["build", str(config), "--no-progress"], env=env, capture_output=True,
+                              text=True, timeout=900)
+    finally:
+        srv.__exit__(None, None, None)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
 
     corpus = root / "sft"
@@ -81,3 +87,7 @@ def test_sft_flow_builds_whisper_transcripts_clips_and_shards(services, tmp_path
     # narration over a still cover: no talking head, so the clips survive into the shards
     assert all(r["talking_head_ratio"] <= 0.05 for r in read_parts(corpus / "talking_head"))
     assert "samples in" in proc.stdout and list((corpus / "shards").glob("*.tar"))
+    # GPT-4o queries (a loopback endpoint answering YES): every kept clip carries one
+    queried = read_parts(corpus / "query")
+    assert queried and all(r["query"] == QUERY for r in queried)
+    assert srv.count("chat") == len(queried)
