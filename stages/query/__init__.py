@@ -148,6 +148,9 @@ class Query(Stage):
     def setup(self) -> None:
         """Resolve the key and open the client; raises :class:`stages.query.client.MissingApiKey`."""
         cfg = self.config
+        # the HTTP client logs a line per request at INFO: millions of lines in a worker's log
+        for name in ("httpx2", "httpx", "openai"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
         key = resolve_api_key(cfg.api_key_env, cfg.api_key_secret)
         self.redactor = Redactor(key)
         self.client = make_client(cfg.api, cfg.base_url, key, cfg.timeout_s, cfg.api_version)
