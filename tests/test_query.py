@@ -26,7 +26,7 @@ from pipeline.worker import execute_part
 from stages.caption_parse import parse_json3, parse_vtt
 from stages.clip import clip_row, pretrain_clips
 from stages.query import OptionalQuery, Query, QueryConfig, QueryOffConfig
-from stages.query.client import MissingApiKey, Redactor, estimate_prompt_tokens
+from stages.query.client import EndpointRefused, MissingApiKey, Redactor, estimate_prompt_tokens
 from stages.query.cost import DEFAULT_PRICES, cost_usd, price_for
 from stages.query.prompt import TEMPLATE, UnparseableReply, build_prompt, parse_reply, transcript
 from tests.conftest import fixture_path
@@ -332,19 +332,20 @@ def test_key_never_reaches_outputs_or_logs(tmp_path, clips, caplog, capfd):
             srv.fail("429:10", "500")
             run_part(make_stage(tmp_path, srv), clips[:4])
             assert all(h.auth == secret for h in srv.hits)
-            # a wrong key: OpenAI-style 401 bodies echo it masked; the error rows must not
+            # a wrong key fails the part (not one error row per clip); OpenAI-style 401 bodies
+            # echo the key masked, and the failure (the manifest's `error`) must not
             os.environ["LIVECC_TEST_WRONG_KEY"] = wrong
             try:
                 stage = make_stage(tmp_path / "wrong", srv, api_key_env="LIVECC_TEST_WRONG_KEY")
-                res = run_part(stage, clips[:2])
+                with pytest.raises(EndpointRefused) as refused:
+                    run_part(stage, clips[:2])
             finally:
                 del os.environ["LIVECC_TEST_WRONG_KEY"]
-            assert res["counts"]["errors"] == 2
     out, err = capfd.readouterr()
-    errors = read(tmp_path / "wrong/c/query/_errors/part-00000.parquet")
-    assert all("AuthenticationError" in e["message"] and "Incorrect API key" in e["message"] for e in errors)
-    texts = [caplog.text, out, err] + [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*")
-                                       if p.is_file()]
+    failure = str(refused.value)
+    assert "AuthenticationError" in failure and "Incorrect API key" in failure and "api_key_env" in failure
+    texts = [caplog.text, out, err, failure] + [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*")
+                                                if p.is_file()]
     for needle in (secret, wrong, secret[-12:], wrong[-12:], wrong[-4:] + "."):
         assert not any(needle in t for t in texts), needle
 

@@ -117,8 +117,8 @@ def shard_samples(shards: Path) -> dict[str, dict]:
     return out
 
 
-@pytest.mark.parametrize("mode", ["online", "batch"])
-def test_caption_only_build_with_query_switched_on(tmp_path, services, mode):
+def test_caption_only_build_with_query_switched_on(tmp_path, services, mode="online"):
+    # batch mode through the engine is the same stage code as tests/test_query.py's batch tests
     archive = tmp_path / "archive"
     link_fixtures(archive)
     config = REPO / "configs" / "pretrain.yaml"
@@ -151,7 +151,8 @@ def test_caption_only_build_with_query_switched_on(tmp_path, services, mode):
         assert rep["requests" if mode == "online" else "batch_requests"] >= len(clips)
         # a forced re-run asks nothing: every answer is in the corpus's response cache
         before = len(srv.hits)
-        forced = livecc("build", str(config), *sets, "--force", "--no-progress", env=env)
+        forced = livecc("stage", "run", "query", str(config), *sets, "--force", "--no-progress", env=env)
+        assert "ran parts [0" in forced.stdout
         assert len(srv.hits) == before
         # the dry run: nothing to send now; another model would send a request per clip
         dry = livecc("stage", "run", "query", str(config), *sets, "--dry-run", "--force", env=env)

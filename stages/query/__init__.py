@@ -35,8 +35,9 @@ from pipeline.stage import Rejected, Resources, Stage, StageConfig
 from pipeline.storage import part_name
 from stages.query.batch import BatchJobs
 from stages.query.cache import ResponseCache, cache_key
-from stages.query.client import (EST_COMPLETION_TOKENS, ChatEndpoint, Counters, QueryRequestError, Redactor,
-                                 RetryPolicy, estimate_prompt_tokens, make_client, request_body, resolve_api_key)
+from stages.query.client import (EST_COMPLETION_TOKENS, ChatEndpoint, Counters, EndpointRefused, QueryRequestError,
+                                 Redactor, RetryPolicy, estimate_prompt_tokens, make_client, request_body,
+                                 resolve_api_key)
 from stages.query.cost import DEFAULT_PRICES, ModelPrice, cost_usd, price_for
 from stages.query.prompt import TEMPLATE, UnparseableReply, build_prompt, parse_reply, template_hash, transcript
 from stages.ratelimit import RateLimiter
@@ -208,6 +209,9 @@ class Query(Stage):
         elif todo:
             for k, got in zip(todo, self._pool.map(lambda k: self._ask_online_safe(k, prompt_of[k], counters), todo)):
                 answers[k] = got
+        refused = next((a for a in answers.values() if isinstance(a, EndpointRefused)), None)
+        if refused is not None:  # a wrong key or model: the whole part fails (retried, then `failed`)
+            raise refused
         results: list = []
         for row, k in zip(rows, keys):
             if k is None:

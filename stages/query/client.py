@@ -41,8 +41,13 @@ class MissingApiKey(RuntimeError):
 
 
 class QueryRequestError(RuntimeError):
-    """A request failed for good: a non-retryable answer (400, 401, 403, 404) or still failing
-    after ``retries`` attempts."""
+    """A request failed for good: a non-retryable answer (400, 422) or still failing after
+    ``retries`` attempts."""
+
+
+class EndpointRefused(QueryRequestError):
+    """The endpoint refuses every request (401, 403, 404: a wrong key, model, deployment or
+    URL): not a fault of one clip, so the stage fails the part instead of writing error rows."""
 
 
 def estimate_prompt_tokens(prompt: str) -> int:
@@ -262,6 +267,10 @@ class ChatEndpoint:
                 self.tokens.adjust(-est)
                 status = exc.status_code
                 last = f"HTTP {status}: {exc}"
+                if status in (401, 403, 404):
+                    raise EndpointRefused(self.redactor.scrub(
+                        f"the endpoint refused the request ({type(exc).__name__}: {exc}); check the key "
+                        f"(stages.query.api_key_env / api_key_secret), model, deployment and base_url")[:1000]) from None
                 if status != 429 and status < 500 and status not in (408, 409):
                     raise QueryRequestError(self.redactor.scrub(f"{type(exc).__name__}: {exc}")[:1000]) from None
                 delay = backoff_delay(attempt, self.policy.backoff_base_s, self.policy.backoff_max_s)
