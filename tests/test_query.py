@@ -525,3 +525,18 @@ def test_recipes_place_query_before_shard_on_in_sft_off_in_pretraining(tmp_path)
         assert ("query" in [s.name for s in Pipeline(cfg, recipe_stages(cfg)).stages]) is on, flow
         cfg = load_config(cfg_file, [f"stages.query.enabled={str(not on).lower()}"])
         assert ("query" in [s.name for s in Pipeline(cfg, recipe_stages(cfg)).stages]) is (not on), flow
+
+
+def test_token_bucket_adjust_books_and_refunds_without_building_burst():
+    from stages.ratelimit import TokenBucket
+
+    now = [100.0]
+    bucket = TokenBucket(rate_per_s=10.0, clock=lambda: now[0])  # 10 tokens/s
+    assert bucket.reserve(50) == 0.0           # first booking goes at once, the next waits 5 s
+    bucket.adjust(-30)                          # the answer used 20 tokens, not 50
+    assert bucket.reserve(1) == pytest.approx(2.0)
+    bucket.adjust(40)                           # and a larger one costs more than booked
+    assert bucket.reserve(1) == pytest.approx(2.1 + 4.0)
+    now[0] += 100.0
+    bucket.adjust(-1000)                        # a refund never takes the bucket below idle
+    assert bucket.reserve(10) == 0.0 and bucket.reserve(1) == pytest.approx(1.0)
