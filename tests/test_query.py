@@ -336,9 +336,10 @@ def test_key_never_reaches_outputs_or_logs(tmp_path, clips, caplog, capfd):
             # echo the key masked, and the failure (the manifest's `error`) must not
             os.environ["LIVECC_TEST_WRONG_KEY"] = wrong
             try:
-                stage = make_stage(tmp_path / "wrong", srv, api_key_env="LIVECC_TEST_WRONG_KEY")
+                stage = make_stage(tmp_path / "wrong", srv, api_key_env="LIVECC_TEST_WRONG_KEY", concurrency=1)
                 with pytest.raises(EndpointRefused) as refused:
-                    run_part(stage, clips[:2])
+                    run_part(stage, clips[:4])
+                assert sum(1 for h in srv.hits if h.auth == wrong) == 1  # refused once: nobody asks again
             finally:
                 del os.environ["LIVECC_TEST_WRONG_KEY"]
     out, err = capfd.readouterr()

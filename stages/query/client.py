@@ -232,6 +232,7 @@ class ChatEndpoint:
         self.policy, self.redactor = policy, redactor
         self.sleep = sleep or time.sleep
         self.structured_ok = True
+        self.refused: EndpointRefused | None = None  # once refused, no thread asks again
 
     def complete(self, body: dict[str, Any], counters: Counters) -> tuple[str, dict[str, int] | None]:
         """Send one request (retrying as the module docstring says); returns the reply text and
@@ -243,6 +244,8 @@ class ChatEndpoint:
         import openai
 
         est = estimate_prompt_tokens(body["messages"][0]["content"]) + (body.get("max_tokens") or EST_COMPLETION_TOKENS)
+        if self.refused is not None:
+            raise self.refused
         attempt = 0
         last: str = ""
         while True:
@@ -268,9 +271,10 @@ class ChatEndpoint:
                 status = exc.status_code
                 last = f"HTTP {status}: {exc}"
                 if status in (401, 403, 404):
-                    raise EndpointRefused(self.redactor.scrub(
+                    self.refused = EndpointRefused(self.redactor.scrub(
                         f"the endpoint refused the request ({type(exc).__name__}: {exc}); check the key "
-                        f"(stages.query.api_key_env / api_key_secret), model, deployment and base_url")[:1000]) from None
+                        f"(stages.query.api_key_env / api_key_secret), model, deployment and base_url")[:1000])
+                    raise self.refused from None
                 if status != 429 and status < 500 and status not in (408, 409):
                     raise QueryRequestError(self.redactor.scrub(f"{type(exc).__name__}: {exc}")[:1000]) from None
                 delay = backoff_delay(attempt, self.policy.backoff_base_s, self.policy.backoff_max_s)
