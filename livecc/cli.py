@@ -53,7 +53,7 @@ SetOpt = typer.Option(None, "--set", help="Override a config key for this run: K
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
+    for noisy in ("httpx", "httpx2", "openai", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -84,6 +84,8 @@ def _services(pipe):
     from pipeline.prefect_server import PrefectServer
 
     with PrefectServer(wait=False) as server:
+        if server.api_url:  # a local Ray started now passes it on: workers can read Prefect Secret blocks
+            os.environ["PREFECT_API_URL"] = server.api_url
         if pipe.cfg.ray.executor == "ray":
             ensure_ray(pipe.cfg)
         server.wait_ready()
@@ -181,6 +183,8 @@ def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc sta
               parts: Optional[str] = typer.Option(None, "--parts", help="Parts to redo, e.g. 0,3-5 (implies redo of exactly these)."),
               force: bool = typer.Option(False, "--force", help="Redo all parts of the stage, not only pending/stale/failed ones."),
               progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Print what the run would do (for `query`: the "
+                                           "requests and their estimated cost) and send nothing; no Ray, no Prefect."),
               verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Run one stage again, as a Prefect flow on Ray. Downstream stages become stale where
     this stage's output changed; `livecc build` then redoes just those parts."""
@@ -191,6 +195,9 @@ def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc sta
     except KeyError as exc:
         console.print(f"[red]error:[/red] {exc.args[0]}")
         raise typer.Exit(2)
+    if dry_run:
+        _dry_run(pipe, stage, _parse_parts(parts), force)
+        return
     with _services(pipe):
         from flows.build import rerun_stage
 
@@ -200,6 +207,29 @@ def stage_run(stage: str = typer.Argument(..., help="Stage name (see `livecc sta
               f"kept {c.get('kept', 0)}, rejected {c.get('rejected', 0)}, errors {c.get('errors', 0)}")
     out.print(f"report: {r['report']}")
     _exit_on_failures([r])
+
+
+def _dry_run(pipe, name: str, parts: list[int] | None, force: bool) -> None:
+    """The parts a `stage run` would process and the stage's own estimate for their rows."""
+    cls = pipe.stage(name)
+    index = pipe.index(name)
+    states = pipe.states()[name]
+    ready = {k for k, (_, fp) in states.items() if fp is not None}  # parts whose input exists
+    todo = sorted(k for k in (parts if parts is not None else ready) if k in ready
+                  and (parts is not None or force or states[k][0] != "done"))
+    plan = pipe.saved_plan(cls) if cls.input_schema is None else None
+    rows: list[dict] = []
+    for k in todo:
+        if plan is not None:
+            rows += plan[k]
+        else:
+            up = pipe.stage_dir(pipe.stages[index - 1].name)
+            rows += pipe.storage.read_table(f"{up}/part-{k:05d}.parquet").to_pylist()
+    out.print(f"{name}: dry run: {len(todo)} part(s) [{_ranges(todo)}] with {len(rows)} input row(s) would run "
+              f"({len(ready) - len(todo)} other part(s) already done)")
+    text = pipe.instantiate(cls).dry_run(rows)
+    if text:
+        out.print(text, markup=False, highlight=False)
 
 
 @stage_app.command("list")

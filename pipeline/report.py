@@ -95,6 +95,9 @@ def build_report(pipeline, stage_name: str) -> dict[str, Any]:
         report["histograms"][col] = {"png": pipeline.storage.url_of(f"{sdir}/{name}"), "n": int(len(values)),
                                      "min": float(values.min()), "median": float(np.median(values)),
                                      "max": float(values.max())}
+    section = pipeline.instantiate(stage).report_section(done) if done else None
+    if section:
+        report["stage_section"] = section
     report["markdown"] = to_markdown(report)
     pipeline.storage.write_json(f"{sdir}/_report.json", {k: v for k, v in report.items() if k != "markdown"})
     pipeline.storage.write_bytes(f"{sdir}/_report.md", report["markdown"].encode())
@@ -117,6 +120,8 @@ def to_markdown(r: dict[str, Any]) -> str:
     for col, h in r["histograms"].items():
         lines += [f"## {col}", "", f"n={h['n']}, min={h['min']:.2f}, median={h['median']:.2f}, max={h['max']:.2f}", "",
                   f"![{col}]({h['png']})", ""]
+    if (r.get("stage_section") or {}).get("markdown"):
+        lines += [r["stage_section"]["markdown"], ""]
     return "\n".join(lines)
 
 

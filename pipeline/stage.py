@@ -162,3 +162,14 @@ class Stage:
     def outputs(self, summary: dict[str, Any] | None) -> list[Output]:
         """What the stage publishes, given its finalize ``summary`` (None before finalize)."""
         return []
+
+    def dry_run(self, rows: list[dict[str, Any]]) -> str | None:
+        """What processing ``rows`` would cost, found without doing it (``livecc stage run
+        --dry-run``; no ``setup()``): a few lines of text, or None when there is nothing to say."""
+        return None
+
+    def report_section(self, parts: list[int]) -> dict[str, Any] | None:
+        """Stage-specific figures for the stage report over the done ``parts`` (on the driver):
+        saved as ``stage_section`` in ``_report.json``; a ``markdown`` entry is appended to
+        ``_report.md`` and the Prefect artifact."""
+        return None

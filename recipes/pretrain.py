@@ -1,11 +1,12 @@
 """The pre-training corpus (the paper's Live-CC-5M recipe, docs/recipes.md):
 ingest -> caption parse -> pre-training clip -> wps filter -> language -> LM loss (keep 1.5-6.5)
--> shard."""
+-> [query, off unless stages.query.enabled: true] -> shard."""
 from stages.caption_parse import CaptionParse
 from stages.clip import PretrainClip, WpsFilter
 from stages.ingest import LocalIngest
 from stages.language import LanguageFilter
 from stages.lm_loss import PretrainLmLossFilter
+from stages.query import OptionalQuery
 from stages.shard import Shard
 
 STAGES = [
@@ -15,5 +16,6 @@ STAGES = [
     WpsFilter,
     LanguageFilter,
     PretrainLmLossFilter,
+    OptionalQuery,
     Shard,
 ]

@@ -1,14 +1,14 @@
 """The SFT corpus (the paper's Live-WhisperX-526K recipe, docs/recipes.md):
 ingest -> category select -> transcribe (Whisper) -> SFT clip (sentence starts) -> wps filter
--> talking-head filter (face detection + Light-ASD) -> language -> LM loss (keep 1.5-5) -> shard.
-
-Prompt (query) generation goes between the LM-loss filter and the shard stage.
+-> talking-head filter (face detection + Light-ASD) -> language -> LM loss (keep 1.5-5)
+-> query (GPT-4o user queries) -> shard.
 """
 from stages.category_select import CategorySelect
 from stages.clip import SftClip, WpsFilter
 from stages.ingest import LocalIngest
 from stages.language import LanguageFilter
 from stages.lm_loss import LmLossFilter
+from stages.query import Query
 from stages.shard import Shard
 from stages.talking_head import TalkingHead
 from stages.transcribe import Transcribe
@@ -22,6 +22,6 @@ STAGES = [
     TalkingHead,
     LanguageFilter,
     LmLossFilter,
-    # PromptGeneration,  (later: GPT-4o queries)
+    Query,
     Shard,
 ]

@@ -1,13 +1,14 @@
 """The pre-training corpus from YouTube (docs/recipes.md): crawl (metadata + captions, no
 media) -> caption parse -> pre-training clip -> wps filter -> language -> LM loss (keep 1.5-6.5)
 -> media (only videos, and only the sections, that still have clips) -> talking-head filter ->
-shard."""
+[query, off unless stages.query.enabled: true] -> shard."""
 from stages.caption_parse import CaptionParse
 from stages.clip import PretrainClip, WpsFilter
 from stages.crawl import YoutubeCrawl
 from stages.crawl.media import MediaDownload
 from stages.language import LanguageFilter
 from stages.lm_loss import PretrainLmLossFilter
+from stages.query import OptionalQuery
 from stages.shard import Shard
 from stages.talking_head import TalkingHead
 
@@ -20,5 +21,6 @@ STAGES = [
     PretrainLmLossFilter,
     MediaDownload,
     TalkingHead,
+    OptionalQuery,
     Shard,
 ]

@@ -78,7 +78,9 @@ CLIPS = pa.schema([
     pa.field("lang", pa.string()),
     pa.field("lang_score", pa.float64()),
     pa.field("talking_head_ratio", pa.float64()),       # frames with a speaking face / frames examined
-    pa.field("query", pa.string()),
+    pa.field("query", pa.string()),                     # the user query (query stage; null before it, or on NO)
+    pa.field("query_prompt_tokens", pa.int64()),        # tokens billed for the query request(s), from `usage`
+    pa.field("query_completion_tokens", pa.int64()),
 ], metadata={"livecc.table": "clips"})
 
 ERRORS = pa.schema([

