@@ -178,6 +178,39 @@ def test_seeking_gives_the_frames_of_a_full_decode(indexed):
         assert all(np.array_equal(x, y) for x, y in zip(a, b)), path
 
 
+class CountingContainer:
+    """A PyAV container that counts the frames its ``decode`` yields."""
+
+    def __init__(self, container):
+        self.container, self.decoded = container, 0
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+    def decode(self, *args, **kwargs):
+        for frame in self.container.decode(*args, **kwargs):
+            self.decoded += 1
+            yield frame
+
+
+def test_far_targets_seek_and_near_targets_decode_on(indexed):
+    """Eight targets 4.3 s apart in a video with a keyframe every 2 s: each one is a seek and at
+    most one keyframe interval of decoding (with non-reference frames skipped); eight targets
+    inside 0.7 s: one seek, then decoding goes on."""
+    with V.open_media(str(indexed)) as c:
+        info = V.probe(c, str(indexed))
+        counting = CountingContainer(c)
+        _, times = sample_times(10.0, 40.0, info, 8)
+        decode_at(counting, info, times)
+    assert counting.decoded <= 8 * (GOP + 1)   # decoding through would be 750 frames
+    with V.open_media(str(indexed)) as c:
+        counting = CountingContainer(c)
+        _, times = sample_times(20.1, 20.8, info, 8)
+        frames, _ = decode_at(counting, info, times)
+    assert counting.decoded <= GOP + 1 and [read_index(f.to_ndarray(format="rgb24")) for f in frames] == \
+        frame_indices(503, 519, 8).tolist()
+
+
 @pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not on the PATH")
 def test_section_file_frames_use_media_offset(stage, indexed, tmp_path):
     """A section cut as the media stage's yt-dlp/ffmpeg call cuts it (stream copy from the

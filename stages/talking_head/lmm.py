@@ -115,9 +115,9 @@ def sample_times(start_s: float, end_s: float, info: V.MediaInfo, num_frames: in
 def decode_at(container, info: V.MediaInfo, times_s: np.ndarray, *, seek: bool = True) -> tuple[list, np.ndarray]:
     """The frame shown at each of ``times_s`` (sorted, s, file clock): the first frame whose
     presentation time is at or after ``t - half a frame``. Each target seeks to the keyframe
-    before it, unless it lies ahead of the decoder inside the longest keyframe interval seen so
-    far (then decoding goes on); non-reference frames are skipped until
-    :data:`PREROLL_FULL_DECODE_S` before the target.
+    before it, unless it lies ahead of the decoder within :data:`PREROLL_FULL_DECODE_S` or
+    within the longest interval between consecutive keyframes seen so far (then decoding goes
+    on); non-reference frames are skipped until :data:`PREROLL_FULL_DECODE_S` before the target.
 
     Returns ``(frames, pts_s)``: PyAV ``VideoFrame`` objects and their times (s); a target that
     falls on the frame already taken repeats it. ``seek=False`` decodes every frame from the
@@ -136,7 +136,8 @@ def decode_at(container, info: V.MediaInfo, times_s: np.ndarray, *, seek: bool =
     decoder: Iterator | None = None
     last_t = -math.inf       # time of the last decoded frame
     last_key_t = -math.inf   # time of the last keyframe decoded
-    gop_s = 0.0              # longest keyframe interval seen
+    run_key_t = -math.inf    # the last keyframe decoded since the last seek
+    gop_s = 0.0              # longest interval between consecutive keyframes seen
     skipping = False
 
     def skip_nonref(on: bool) -> None:
@@ -151,11 +152,15 @@ def decode_at(container, info: V.MediaInfo, times_s: np.ndarray, *, seek: bool =
                 frames.append(frames[-1])
                 got.append(got[-1])
                 continue
-            if decoder is None or (seek and not (target - last_key_t < gop_s and target - half > last_t)):
+            # decoding on is never worse than a seek within the preroll (a seek decodes that
+            # much anyway), nor while no keyframe can lie between here and the target
+            on = target - half > last_t and (target - last_t <= PREROLL_FULL_DECODE_S or target - last_key_t < gop_s)
+            if decoder is None or (seek and not on):
                 if seek and target - half > 1.0 / info.fps:
                     container.seek(int((target - half + info.origin_s) / stream.time_base), stream=stream,
                                    backward=True)
                 decoder = iter(container.decode(stream))
+                run_key_t = -math.inf
                 skip_nonref(True)
             elif target - last_t > PREROLL_FULL_DECODE_S:
                 skip_nonref(True)
@@ -168,9 +173,9 @@ def decode_at(container, info: V.MediaInfo, times_s: np.ndarray, *, seek: bool =
                     continue
                 t = float(frame.pts * stream.time_base) - info.origin_s
                 if frame.key_frame:
-                    if t > last_key_t > -math.inf:
-                        gop_s = max(gop_s, t - last_key_t)
-                    last_key_t = t
+                    if t > run_key_t > -math.inf:
+                        gop_s = max(gop_s, t - run_key_t)
+                    last_key_t = run_key_t = t
                 last_t = t
                 if skipping and t >= target - PREROLL_FULL_DECODE_S:
                     skip_nonref(False)
