@@ -347,7 +347,13 @@ class LossPrinter(TrainerCallback):
         if state.is_world_process_zero and logs and "loss" in logs:
             total = f"/{state.max_steps}" if state.max_steps and state.max_steps > 0 else ""
             extra = "".join(f", {k} {logs[k]:.3g}" for k in ("learning_rate", "grad_norm") if k in logs)
-            print(f"step {state.global_step}{total}: loss {logs['loss']:.4f}{extra}", flush=True)
+            line = f"step {state.global_step}{total}: loss {logs['loss']:.4f}{extra}"
+            try:  # above the progress bar, not inside it
+                from tqdm.auto import tqdm
+
+                tqdm.write(line)
+            except ImportError:
+                print(line, flush=True)
 
 
 def _checkpoint_files(folder: str | os.PathLike) -> list[Path]:
