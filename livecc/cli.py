@@ -346,20 +346,46 @@ def serve(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
 @app.command("build-and-train")
 def build_and_train_cmd(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
                         stage: str = typer.Option("pretrain", help="Training stage: pretrain | sft."),
-                        output_dir: str = typer.Option("checkpoints/livecc", help="Checkpoint folder (resumes from it)."),
+                        output_dir: Optional[str] = typer.Option(None, help="Checkpoint folder, resumed from "
+                                                                 "(default: checkpoints/livecc; checkpoints/tiny_smoke with --model tiny)."),
+                        model: Optional[str] = typer.Option(None, "--model", help="Initial model (Hub id or folder), or "
+                                                            "'tiny': a tiny RANDOM Qwen2-VL built offline, a few CPU steps "
+                                                            "that show the training path works."),
                         train_config: Optional[str] = typer.Option(None, help="Training config YAML (default: train/configs/<stage>.yaml)."),
-                        train_set: Optional[list[str]] = typer.Option(None, "--train-set", help="Override a training config key: KEY=VALUE."),
+                        train_set: Optional[list[str]] = typer.Option(None, "--train-set", help="Override a training config key: "
+                                                                      "KEY=VALUE, e.g. --train-set max_steps=5 (--set is for the build config)."),
                         dry_run: bool = typer.Option(False, "--dry-run", help="Build, then print the torchrun command without training."),
                         verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
-    """Bring a corpus up to date, then train on its shards (one Prefect flow)."""
+    """Bring a corpus up to date, then train on its shards (one Prefect flow).
+
+    Without a GPU or a checkpoint, `--model tiny` shows the whole path run: e.g.
+    `livecc build-and-train configs/pretrain.yaml --model tiny --train-set max_steps=5`.
+    """
     _setup_logging(verbose)
+    _hint_train_keys(set_ or [])
     pipe = _pipeline(config, set_)
+    if output_dir is None and model != "tiny":
+        output_dir = "checkpoints/livecc"
     with _services(pipe):
         from flows.train import build_and_train
 
         r = build_and_train(str(config), stage=stage, output_dir=output_dir, train_config=train_config,
-                            train_overrides=train_set or [], overrides=set_ or [], dry_run=dry_run)
+                            train_overrides=train_set or [], overrides=set_ or [], dry_run=dry_run, model=model)
     out.print(f"trained on {r['shards']} -> {r['output_dir']}")
+
+
+def _hint_train_keys(overrides: list[str]) -> None:
+    """``--set`` names a training config key: say to use ``--train-set`` (exit 2)."""
+    try:
+        from train.trainer import TrainConfig
+    except Exception:  # noqa: BLE001 - training extras not installed: the build config error says enough
+        return
+    for item in overrides:
+        key = item.split("=", 1)[0].strip().split(".", 1)[0]
+        if key in TrainConfig.model_fields and key not in {"stage"}:
+            console.print(f"[red]error:[/red] --set {item}: {key!r} is a training config key; "
+                          f"use --train-set {item} (--set overrides the build config)")
+            raise typer.Exit(2)
 
 
 @app.command("sample-archive")

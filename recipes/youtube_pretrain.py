@@ -1,7 +1,8 @@
 """The pre-training corpus from YouTube (docs/recipes.md): crawl (metadata + captions, no
 media) -> caption parse -> pre-training clip -> wps filter -> language -> LM loss (keep 1.5-6.5)
--> media (only videos, and only the sections, that still have clips) -> talking-head filter ->
-[query, off unless stages.query.enabled: true] -> shard."""
+-> media (only videos, and only the sections, that still have clips) -> talking-head filter (the
+LMM backend by default, as the reference's step A3) -> [query, off unless stages.query.enabled:
+true] -> shard."""
 from stages.caption_parse import CaptionParse
 from stages.clip import PretrainClip, WpsFilter
 from stages.crawl import YoutubeCrawl
@@ -10,7 +11,7 @@ from stages.language import LanguageFilter
 from stages.lm_loss import PretrainLmLossFilter
 from stages.query import OptionalQuery
 from stages.shard import Shard
-from stages.talking_head import TalkingHead
+from stages.talking_head import PretrainTalkingHead
 
 STAGES = [
     YoutubeCrawl,
@@ -20,7 +21,7 @@ STAGES = [
     LanguageFilter,
     PretrainLmLossFilter,
     MediaDownload,
-    TalkingHead,
+    PretrainTalkingHead,      # backend: lmm (Qwen2-VL-2B) unless the config says asd
     OptionalQuery,
     Shard,
 ]

@@ -77,7 +77,8 @@ CLIPS = pa.schema([
     pa.field("lm_loss", pa.float64()),                  # nats per assistant token
     pa.field("lang", pa.string()),
     pa.field("lang_score", pa.float64()),
-    pa.field("talking_head_ratio", pa.float64()),       # frames with a speaking face / frames examined
+    pa.field("talking_head_ratio", pa.float64()),       # frames with a speaking face / frames examined (ASD)
+    pa.field("talking_head_p_yes", pa.float64()),       # LMM's P("Yes") to "someone always showing their face and talking?"
     pa.field("query", pa.string()),                     # the user query (query stage; null before it, or on NO)
     pa.field("query_prompt_tokens", pa.int64()),        # tokens billed for the query request(s), from `usage`
     pa.field("query_completion_tokens", pa.int64()),

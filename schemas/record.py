@@ -23,8 +23,8 @@ Shard sample JSON (the ``json`` member of a sample, :func:`sample_json`)::
      "conversation": <as above>,
      "metadata": {every other clip field except "words": video_id, start, end, previous,
                   title, category, transcript_source, url, media_path, media_offset,
-                  has_audio, wps, lm_loss, lang, lang_score, talking_head_ratio, query,
-                  query_prompt_tokens, query_completion_tokens, ...},
+                  has_audio, wps, lm_loss, lang, lang_score, talking_head_ratio,
+                  talking_head_p_yes, query, query_prompt_tokens, query_completion_tokens, ...},
      "media": {"member": "mp4" | null, "start": <clip start, s on the media clock>}}
 
 ``media.member`` names the sample's member holding the clip's media (``"mp4"``) or is

@@ -22,7 +22,7 @@ def has_files(*names: str) -> Callable[[str], bool]:
 
 def resolve_checkpoint(model: str, *, stage: str, repo_id: str | None, model_dir: str | None,
                        is_checkpoint: Callable[[str], bool], aliases: Iterable[str] = (),
-                       what: str = "weights") -> str:
+                       what: str = "weights", model_key: str = "model") -> str:
     """The checkpoint folder for ``model``, found without any download.
 
     Search order: ``model`` itself as a folder; ``<dir>/<model>``, ``<dir>/<last part of model>``
@@ -35,6 +35,7 @@ def resolve_checkpoint(model: str, *, stage: str, repo_id: str | None, model_dir
         stage: the stage's config section, named in the error (``stages.<stage>.model_dir``).
         repo_id: the Hub repository the weights come from (for the cache and the error), if known.
         is_checkpoint: whether a folder holds a usable checkpoint (see :func:`has_files`).
+        model_key: the stage's config key that names the model (``stages.<stage>.<model_key>``).
 
     Raises:
         MissingWeightsError: not found, or ``model`` is a folder without a checkpoint.
@@ -71,7 +72,7 @@ def resolve_checkpoint(model: str, *, stage: str, repo_id: str | None, model_dir
         f"Download them once on a machine with internet access, e.g.\n"
         f"    huggingface-cli download {repo} --local-dir {dest}\n"
         f"and set stages.{stage}.model_dir (or $LIVECC_MODEL_DIR) to {os.path.dirname(dest)}, "
-        f"or stages.{stage}.model to the folder itself. Without --local-dir the download goes "
+        f"or stages.{stage}.{model_key} to the folder itself. Without --local-dir the download goes "
         f"to the Hugging Face cache, which is searched too.")
 
 

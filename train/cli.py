@@ -24,6 +24,25 @@ app = typer.Typer(help="Qwen2-VL streaming pre-training and SFT on produced shar
 
 SHARDS_HELP = "shard folder (<root>/<corpus>/shards, local or fsspec URL), optionally PATH@WEIGHT; repeatable"
 JSONL_HELP = "reference JSONL-with-seeks file, optionally PATH@WEIGHT; repeatable (e.g. LLaVA-Video-178K)"
+MODEL_HELP = ("initial model (Hub id or folder), or 'tiny': a tiny RANDOM Qwen2-VL built offline that trains a few "
+              "CPU steps to show the path works (defaults: train.cli.TINY_OVERRIDES)")
+
+#: ``--model tiny``: a tiny randomly initialised Qwen2-VL and processor built offline
+#: (``train/tiny.py``), sized for a CPU smoke run: 5 steps of batch 1 at a small visual budget,
+#: loss logged every step, a checkpoint and TensorBoard logs in ``checkpoints/tiny_smoke``.
+#: Applied before the config file's own overrides, so ``--set`` still wins.
+TINY_MODEL = "tiny"
+TINY_OVERRIDES = [
+    "model_name_or_path=tiny", "processor_name_or_path=null", "output_dir=checkpoints/tiny_smoke",
+    "run_name=tiny_smoke", "max_steps=5", "save_steps=5", "logging_steps=1", "effective_batch_size=1",
+    "per_device_train_batch_size=1", "learning_rate=1e-3", "warmup_ratio=0.0", "bf16=false", "tf32=false",
+    "gradient_checkpointing=false", "deepspeed=null", "use_liger_kernel=false", "attn_implementation=sdpa",
+    "dataloader_num_workers=0", "report_to=[tensorboard]", "resume=never",
+    "video.min_pixels=12544", "video.total_pixels=376320",   # 16 and 16 x 30 visual tokens of 28x28
+]
+TINY_NOTICE = ("NOTE: --model tiny trains a tiny, RANDOMLY INITIALISED Qwen2-VL built offline. Its checkpoint is "
+               "useless as a model: this run only shows that shards -> streaming samples -> training -> "
+               "checkpoint + TensorBoard logs works on this machine.")
 
 
 def local_gpus() -> int:
@@ -42,6 +61,8 @@ def resolve(stage: str, config: Optional[str], shards: list[str], jsonl: list[st
     from train.dataset import SourceSpec
     from train.trainer import TrainConfig, load_config
 
+    if model == TINY_MODEL:
+        overrides = TINY_OVERRIDES + list(overrides)
     cfg = load_config(config or stage, overrides)
     if cfg.stage != stage:
         raise ValueError(f"config {config} is for stage {cfg.stage!r}, not {stage!r}")
@@ -89,6 +110,8 @@ def launch(stage: str, *, shards: Sequence[str] = (), jsonl: Sequence[str] = (),
     nproc = nproc_per_node or max(local_gpus(), 1)
     config_path = str(Path(cfg.output_dir) / "train_config.yaml")
     cmd = torchrun_command(config_path, nproc, nnodes, node_rank, rdzv_endpoint)
+    if cfg.model_name_or_path == TINY_MODEL:
+        echo(TINY_NOTICE)
     echo(f"{stage}: {len(cfg.data.sources)} source(s), {nproc} process(es) on this node x {nnodes} node(s); "
          f"config -> {config_path}")
     echo(shlex.join(cmd))
@@ -109,7 +132,7 @@ def _command(stage: str):
         config: Optional[str] = typer.Option(None, "--config",
                                              help=f"YAML config (default: train/configs/{stage}.yaml)"),
         output_dir: Optional[str] = typer.Option(None, "--output-dir", help="checkpoints and logs"),
-        model: Optional[str] = typer.Option(None, "--model", help="initial model (Hub id or folder)"),
+        model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
         overrides: list[str] = typer.Option([], "--set", help="config override KEY=VALUE (YAML value), repeatable"),
         nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="default: local GPUs, or 1 on CPU"),
         nnodes: int = typer.Option(1, "--nnodes", min=1),

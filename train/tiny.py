@@ -79,3 +79,24 @@ def tiny_model(tokenizer, seed: int = 0, **config_kwargs):
     config = tiny_config(tokenizer, **config_kwargs)
     config._attn_implementation = "sdpa"
     return Qwen2VLForConditionalGeneration(config).float()
+
+
+def save_tiny_checkpoint(folder, texts: Iterable[str] = (), seed: int = 0, **config_kwargs) -> str:
+    """Write a tiny random Qwen2-VL as a Hugging Face checkpoint folder: ``config.json`` and
+    ``model.safetensors``, the tokenizer files (with the chat template, also as
+    ``chat_template.json``, where ``Qwen2VLProcessor`` looks) and ``preprocessor_config.json``
+    (a default ``Qwen2VLImageProcessor``). Anything that loads a real checkpoint folder loads
+    this one. Returns the folder."""
+    import json
+    from pathlib import Path
+
+    from transformers import Qwen2VLImageProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_tokenizer(texts)
+    tokenizer.save_pretrained(folder)
+    Qwen2VLImageProcessor().save_pretrained(folder)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2VL_CHAT_TEMPLATE}))
+    tiny_model(tokenizer, seed=seed, **config_kwargs).save_pretrained(folder)
+    return str(folder)

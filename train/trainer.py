@@ -20,6 +20,10 @@ skipped with a log line, so the same config runs a CPU smoke test. Weights load 
 DeepSpeed (it keeps fp32 master weights in the optimizer) and in fp32 otherwise (bf16 autocast
 then does the maths; plain AdamW on bf16 weights would lose small updates).
 
+``model_name_or_path: tiny`` (``livecc train ... --model tiny``) builds a tiny randomly
+initialised Qwen2-VL and processor offline (``train/tiny.py``) instead of loading a checkpoint:
+a CPU smoke run that shows the data, training, checkpoint and logging path works.
+
 Resume: ``resume: auto`` continues from the newest ``checkpoint-*`` in ``output_dir``
 (model, optimizer, scheduler, RNG states and the data position, which is reproducible because
 the sample order is a pure function of ``(seed, epoch)``).
@@ -34,7 +38,7 @@ from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from train.dataset import BrokenSampleMonitor, MixSampler, SourceSpec, StreamingDataset, collate_fn
 from train.video import VideoBudget
@@ -336,6 +340,22 @@ class StreamTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+class LossPrinter(TrainerCallback):
+    """One plain line per logging step on the main process: ``step 3/5: loss 6.1234 ...``."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            total = f"/{state.max_steps}" if state.max_steps and state.max_steps > 0 else ""
+            extra = "".join(f", {k} {logs[k]:.3g}" for k in ("learning_rate", "grad_norm") if k in logs)
+            line = f"step {state.global_step}{total}: loss {logs['loss']:.4f}{extra}"
+            try:  # above the progress bar, not inside it
+                from tqdm.auto import tqdm
+
+                tqdm.write(line)
+            except ImportError:
+                print(line, flush=True)
+
+
 def _checkpoint_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(Path(folder).glob("model*.safetensors"))
 
@@ -397,6 +417,13 @@ def build_trainer(cfg: TrainConfig, *, model=None, processor=None, dataset: Stre
     from train.collator import StreamProcessor
 
     args = training_arguments(cfg, world_size)
+    if cfg.model_name_or_path == "tiny":
+        from train.tiny import tiny_model, tiny_processor
+
+        processor = processor or tiny_processor()
+        model = model or tiny_model(processor.tokenizer, seed=cfg.seed)
+        logger.warning("model: tiny RANDOM Qwen2-VL (%d parameters), built offline: the path works, the model "
+                       "learns nothing useful", sum(p.numel() for p in model.parameters()))
     if processor is None:
         processor = StreamProcessor.from_pretrained(cfg.processor_name_or_path or cfg.model_name_or_path)
     if model is None:
@@ -407,7 +434,7 @@ def build_trainer(cfg: TrainConfig, *, model=None, processor=None, dataset: Stre
     monitor = BrokenSampleMonitor(cfg.data.max_broken_rate, cfg.data.broken_min_samples)
     return StreamTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collate_fn(processor.pad_token_id),
-        processing_class=processor, callbacks=list(callbacks), sampler=sampler, monitor=monitor,
+        processing_class=processor, callbacks=[LossPrinter(), *callbacks], sampler=sampler, monitor=monitor,
     )
 
 
@@ -438,6 +465,12 @@ def run(cfg: TrainConfig, **build_kwargs: Any):
     output = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(cfg.output_dir)
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        print(f"checkpoint: {cfg.output_dir} (model.safetensors, processor); logs: {trainer.args.logging_dir} "
+              f"(tensorboard --logdir {trainer.args.logging_dir})", flush=True)
+        if cfg.model_name_or_path == "tiny":
+            print("NOTE: the tiny model is random: this checkpoint only shows that the training path works.",
+                  flush=True)
     return output
 
 

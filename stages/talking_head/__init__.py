@@ -1,7 +1,10 @@
-"""Talking-head filter: SCRFD faces, IoU tracking and Light-ASD give each clip a talking-head ratio.
+"""Talking-head filter with two backends: ``asd`` (SCRFD faces, IoU tracking and Light-ASD give
+each clip a talking-head ratio; the SFT default) and ``lmm`` (Qwen2-VL-2B-Instruct's P("Yes") to
+"is someone always showing their face and talking?" on 8 frames; the YouTube pre-training
+default, :mod:`.lmm`). docs/recipes.md#talking_head.
 
-Source: showlab/livecc ``data/production/distributed_lighter_asd/`` ("Lighter-ASD");
-docs/recipes.md#talking_head. Per clip:
+**asd** -- source: showlab/livecc ``data/production/distributed_lighter_asd/`` ("Lighter-ASD").
+Per clip:
 
 1. **Audio**: 16 kHz mono -> MFCC (``python_speech_features``, 100 Hz, 13 coefficients, 4 per
    video frame) -- :mod:`.audio`.
@@ -36,6 +39,12 @@ Decisions (issue 4):
   :class:`MediaError` (an ``_errors`` row); the part goes on. A clip with no faces has ratio 0.
 * **A/V alignment** by presentation timestamps (:mod:`.video`); frames outside the video
   stream's time range are not examined.
+
+**lmm** -- source: showlab/livecc ``data/production/distributed_lmm4asd.py`` (facts and
+differences in :mod:`.lmm`). ``talking_head_p_yes`` on every clip; ``filter`` mode rejects
+clips above ``p_yes_threshold`` (0.5: the reference publishes none; above 0.5 "Yes" is the
+model's most likely answer, i.e. what it would say when asked). Audio is not used, so clips
+without an audio stream are scored too.
 """
 from __future__ import annotations
 
@@ -46,8 +55,10 @@ from pydantic import Field, field_validator
 
 import schemas
 from pipeline.stage import Histogram, Rejected, Resources, Stage, StageConfig
+from stages.talking_head import lmm
 from stages.talking_head.analyze import Analyzer, ClipRequest, ClipResult
 from stages.talking_head.audio import MediaError, NoAudioStreamError
+from stages.talking_head.lmm import LmmResult
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +66,13 @@ class TalkingHeadConfig(StageConfig):
     """Thresholds, window scheme, sizes and runtime settings of the talking-head stage."""
     # speed and placement, not results: kept out of the config hash
     runtime_fields: ClassVar[frozenset[str]] = frozenset(
-        {"model_dir", "device", "decode_workers", "det_batch_frames", "asd_batch_frames"})
+        {"model_dir", "device", "decode_workers", "det_batch_frames", "asd_batch_frames", "lmm_batch_clips"})
 
+    backend: Literal["asd", "lmm"] = Field("asd", description="'asd': face tracks + Light-ASD -> talking_head_ratio "
+                                                              "(SFT); 'lmm': Qwen2-VL-2B -> talking_head_p_yes (pre-training)")
     threshold: float = Field(0.05, ge=0, le=1, description="reject clips with a ratio above this (reference SFT: 0.05)")
-    mode: Literal["filter", "score"] = Field("filter", description="'filter' rejects above threshold; 'score' keeps all")
+    mode: Literal["filter", "score"] = Field("filter", description="'filter' rejects above the threshold "
+                                                                    "(threshold or p_yes_threshold); 'score' keeps all")
     window_frames: int = Field(150, ge=1, description="frames per examined window (reference: 150 = 6 s at 25 fps)")
     window_every_frames: int = Field(750, ge=1, description="a window starts every this many frames (reference: 750 = 30 s)")
     all_frames: bool = Field(False, description="examine every frame (consecutive windows) instead of the window scheme")
@@ -79,6 +93,19 @@ class TalkingHeadConfig(StageConfig):
     det_batch_frames: int | None = Field(None, ge=1, description="frames per SCRFD call (None: 8 on CPU, 64 on CUDA)")
     asd_batch_frames: int | None = Field(None, ge=1, description="padded track frames per Light-ASD call, bounds "
                                                                  "activation memory (None: 150 on CPU, 4800 on CUDA)")
+    # backend: lmm (reference distributed_lmm4asd.py)
+    lmm_model: str = Field("Qwen/Qwen2-VL-2B-Instruct", description="Qwen2-VL checkpoint: a folder, or a Hub id "
+                                                                    "looked up under model_dir, $LIVECC_MODEL_DIR, the HF cache")
+    p_yes_threshold: float = Field(0.5, ge=0, le=1, description="reject clips with P(Yes) above this (our choice: "
+                                                                "Yes is then the model's most likely answer)")
+    lmm_frames: int = Field(8, ge=1, description="evenly spaced frames per clip (reference: 8)")
+    lmm_frame_height: int = Field(320, ge=28, description="frame height, pixels (reference: resize to (320, 180) = (h, w))")
+    lmm_frame_width: int = Field(180, ge=28, description="frame width, pixels; aspect ratio not kept, as the reference")
+    lmm_sample_range: Literal["clip", "media"] = Field("clip", description="frames over the clip's range, or the whole "
+                                                                           "media file (the reference scores whole videos)")
+    lmm_prompt: str = Field(lmm.REFERENCE_PROMPT, description="the question; {num_frames} is replaced (reference's, verbatim)")
+    lmm_answer: str = Field(lmm.ANSWER, description="the answer whose first token's probability is talking_head_p_yes")
+    lmm_batch_clips: int | None = Field(None, ge=1, description="clips per Qwen2-VL forward pass (None: 4 on CPU, 32 on CUDA)")
 
     @field_validator("det_width", "det_height")
     @classmethod
@@ -89,12 +116,14 @@ class TalkingHeadConfig(StageConfig):
 
 
 class TalkingHead(Stage):
-    """Sets ``talking_head_ratio`` on each clip; in ``filter`` mode rejects clips above the threshold.
+    """Sets ``talking_head_ratio`` (``backend: asd``) or ``talking_head_p_yes`` (``backend: lmm``)
+    on each clip; in ``filter`` mode rejects clips above the threshold (reason ``talking_head``).
 
     Reads ``media_path`` over ``[start - media_offset, end - media_offset]`` (s). Raises per
-    item (``_errors`` rows): :class:`NoAudioStreamError`, :class:`MediaError` (undecodable,
-    range beyond the media, no ``media_path``). ``setup`` raises ``FileNotFoundError`` naming
-    the weights to download when they are missing.
+    item (``_errors`` rows): :class:`MediaError` (undecodable or truncated, no video stream,
+    range beyond the media, no ``media_path``) and, for ``asd``, :class:`NoAudioStreamError`.
+    ``setup`` raises ``FileNotFoundError`` (:class:`stages.models.MissingWeightsError` for the
+    LMM) naming the weights and how to download them when they are missing.
     """
 
     name: ClassVar[str] = "talking_head"
@@ -104,49 +133,74 @@ class TalkingHead(Stage):
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=None)
     key_field = "clip_id"
     report_histograms: ClassVar[dict[str, Histogram]] = {
-        "talking_head_ratio": Histogram("talking-head ratio", ("talking_head_ratio",))}
+        "talking_head_ratio": Histogram("talking-head ratio", ("talking_head_ratio",)),
+        "talking_head_p_yes": Histogram("talking-head P(Yes) (LMM)", ("talking_head_p_yes",))}
 
     config: TalkingHeadConfig
 
     def setup(self) -> None:
-        self.analyzer = build_analyzer(self.config)
+        """Load the backend's models once per actor."""
+        if self.config.backend == "lmm":
+            self.scorer = lmm.load_scorer(self.config, resolve_device(self.config.device))
+        else:
+            self.analyzer = build_analyzer(self.config)
 
     def process_batch(self, rows: list[dict[str, Any]]):
         """The rows (by default a whole part) through one decode/inference pipeline: decoding
-        overlaps detection and Light-ASD across clip boundaries."""
-        if not hasattr(self, "analyzer"):
+        runs on threads ahead of the models, across clip boundaries."""
+        lmm_backend = self.config.backend == "lmm"
+        if not hasattr(self, "scorer" if lmm_backend else "analyzer"):
             self.setup()
         out: list[Any] = [None] * len(rows)
         requests, index = [], []
         for i, row in enumerate(rows):
             try:
-                requests.append(clip_request(row, self.context.storage if self.context else None))
+                requests.append(clip_request(row, self.context.storage if self.context else None,
+                                             need_audio=not lmm_backend))
                 index.append(i)
             except Exception as exc:  # noqa: BLE001 - per-item isolation
                 out[i] = exc
-        for j, result in self.analyzer.run(requests):
+        runner = self.scorer.run(requests) if lmm_backend else self.analyzer.run(requests)
+        for j, result in runner:
             i = index[j]
             out[i] = result if isinstance(result, BaseException) else self.decide(rows[i], result)
         return out
 
-    def decide(self, row: dict[str, Any], result: ClipResult) -> list:
-        """The row with its ratio, or a :class:`Rejected` in filter mode above the threshold."""
-        scored = dict(row, talking_head_ratio=round(float(result.ratio), 4))
+    def decide(self, row: dict[str, Any], result: ClipResult | LmmResult) -> list:
+        """The row with its score, or a :class:`Rejected` in filter mode above the threshold."""
         cfg = self.config
+        if isinstance(result, LmmResult):
+            scored = dict(row, talking_head_p_yes=float(result.p_yes))
+            if cfg.mode == "filter" and result.p_yes > cfg.p_yes_threshold:
+                return [Rejected(scored, "talking_head", f"p_yes={result.p_yes:.3f} > {cfg.p_yes_threshold:g}")]
+            return [scored]
+        scored = dict(row, talking_head_ratio=round(float(result.ratio), 4))
         if cfg.mode == "filter" and result.ratio > cfg.threshold:
             return [Rejected(scored, "talking_head", f"ratio={result.ratio:.2f} > {cfg.threshold:g}")]
         return [scored]
 
 
-def clip_request(row: dict[str, Any], storage: Any = None) -> ClipRequest:
+class PretrainTalkingHeadConfig(TalkingHeadConfig):
+    """The talking-head settings of the pre-training recipes: the LMM backend by default, as the
+    reference's pre-training corpus (``data/production/README.md`` step A3)."""
+    backend: Literal["asd", "lmm"] = Field("lmm", description="'lmm' (default here, the reference's pre-training "
+                                                              "filter) or 'asd'")
+
+
+class PretrainTalkingHead(TalkingHead):
+    """:class:`TalkingHead` with the LMM backend as default (``recipes/youtube_pretrain.py``)."""
+    Config: ClassVar[type[StageConfig]] = PretrainTalkingHeadConfig
+
+
+def clip_request(row: dict[str, Any], storage: Any = None, need_audio: bool = True) -> ClipRequest:
     """A clips-schema row -> the media range to read (file clock). A relative ``media_path`` is
     under the corpus root (``storage``), as the media download writes it. Raises
     :class:`MediaError` when the row has no media, :class:`NoAudioStreamError` when it says it
-    has no audio."""
+    has no audio and ``need_audio``."""
     path = row.get("media_path")
     if not path:
         raise MediaError(f"clip {row.get('clip_id')}: no media_path (run media download first)")
-    if row.get("has_audio") is False:
+    if need_audio and row.get("has_audio") is False:
         raise NoAudioStreamError(f"{path}: no audio stream (has_audio is false); the talking-head ratio needs audio")
     if storage is not None:
         path = storage.resolve(path)
@@ -195,5 +249,5 @@ def build_analyzer(cfg: TalkingHeadConfig) -> Analyzer:
     return Analyzer(detector, asd, cfg, device, asd_batch_frames=asd_batch)
 
 
-__all__ = ["TalkingHead", "TalkingHeadConfig", "build_analyzer", "clip_request", "MediaError",
-           "NoAudioStreamError", "ClipRequest", "ClipResult"]
+__all__ = ["TalkingHead", "TalkingHeadConfig", "PretrainTalkingHead", "PretrainTalkingHeadConfig", "build_analyzer", "clip_request", "MediaError",
+           "NoAudioStreamError", "ClipRequest", "ClipResult", "LmmResult"]

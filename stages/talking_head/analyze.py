@@ -122,7 +122,7 @@ class Analyzer:
             info = V.probe(container, req.path)
             if not info.has_audio:
                 raise A.NoAudioStreamError(f"{req.path}: no audio stream; the talking-head ratio needs audio")
-            start, end = _checked_range(req, info)
+            start, end = checked_range(req, info)
             n_frames = V.clip_frame_count(start, end)
             if n_frames == 0:
                 raise A.MediaError(f"{req.path}: clip [{start:.3f}, {end:.3f}] s is shorter than one frame")
@@ -308,7 +308,7 @@ class Analyzer:
             producer.join(timeout=5)
 
 
-def _checked_range(req: ClipRequest, info: V.MediaInfo) -> tuple[float, float]:
+def checked_range(req: ClipRequest, info: V.MediaInfo) -> tuple[float, float]:
     """The clip's range clamped to the media, or :class:`MediaError` when it lies outside."""
     start, end = float(req.start_s), float(req.end_s)
     if not end > start:
