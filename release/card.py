@@ -10,12 +10,16 @@ against a fixed public host -- the commit's own ``validate-yaml`` call goes to `
 * ``configs``: one ``default`` config whose ``train`` split is ``data/train/*.tar``, so the Hub
   viewer and ``load_dataset`` use the webdataset builder instead of picking up the parquet seek
   index;
-* ``dataset_info.features``: ``__key__``/``__url__`` strings, ``json`` as ``Json`` (the record
-  holds mixed-type lists, ``[start, end, word]``, that no Arrow struct can type) and ``mp4`` as
-  ``binary``. Declared, because the builder otherwise infers features from the first samples
-  and a caption-only sample (no ``mp4`` member) breaks that inference; declared, a missing member
-  loads as ``None``. ``binary``, not ``Video``: decoding stays with the reader (PyAV,
-  ``train/``) instead of ``datasets``' torchcodec dependency.
+* ``dataset_info.features`` (:func:`features`): ``__key__``/``__url__`` strings; ``json`` a
+  struct whose ``conversation`` is ``json`` (its ``[start, end, word]`` lists mix types, which no
+  Arrow type holds) and whose ``metadata`` is typed field by field from the clip schema;
+  ``mp4`` ``binary``. Declared, because the builder otherwise infers features from the first
+  samples and a caption-only sample (no ``mp4`` member) breaks that inference; declared, a
+  missing member loads as ``None``. ``binary``, not ``Video``: decoding stays with the reader
+  (PyAV, ``train/``) instead of ``datasets``' torchcodec dependency. ``datasets`` stores a
+  ``json`` value as text written by pandas' ujson (10 decimals) and parsed by its fast float
+  parser, so a conversation time can come back off in its last digit (0.832 ->
+  0.8320000000000001); metadata floats, typed, load exactly.
 
 The body states the recipe, every stage with its settings and kept/rejected/error counts and
 rejection reasons, the totals, the plots, the sample format, three ways to load the release,
@@ -37,9 +41,9 @@ SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"
                    (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"),
                    (1_000_000_000_000, "100B<n<1T")]
 TAGS = ["webdataset", "video", "streaming", "livecc"]
-#: the features every release declares (``datasets`` YAML form)
-FEATURES = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
-            {"name": "json", "dtype": "json"}, {"name": "mp4", "dtype": "binary"}]
+#: Arrow type -> ``datasets`` dtype name, for the metadata struct
+_DTYPES = {"string": "string", "large_string": "string", "double": "float64", "float": "float32", "bool": "bool",
+           "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8"}
 #: flow name -> what the corpus is (recipes/ and docs/recipes.md#recipes)
 RECIPES = {
     "pretrain": ("Live-CC-5M-style pre-training corpus", "YouTube closed captions used as ASR, cut into 30-240 s clips "
@@ -62,6 +66,24 @@ def size_category(n: int) -> str:
     return "n>1T"
 
 
+def features(clip_schema) -> list[dict[str, Any]]:
+    """``dataset_info.features`` (``datasets`` YAML form) for samples of clips with ``clip_schema``
+    (a ``pyarrow.Schema``, the shard stage's input): ``__key__``, ``__url__``, ``json`` (a struct:
+    ``clip_id``; ``conversation`` as ``json``, since its ``[start, end, word]`` lists mix types;
+    ``metadata`` typed field by field from the clip schema, so scores load exactly; ``media``) and
+    ``mp4`` (``binary``)."""
+    from schemas.record import metadata_fields
+
+    meta = [{"name": n, "dtype": _DTYPES.get(str(clip_schema.field(n).type), "json")}
+            for n in metadata_fields(clip_schema.names)]
+    return [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
+            {"name": "json", "struct": [
+                {"name": "clip_id", "dtype": "string"}, {"name": "conversation", "dtype": "json"},
+                {"name": "metadata", "struct": meta},
+                {"name": "media", "struct": [{"name": "member", "dtype": "string"}, {"name": "start", "dtype": "float64"}]}]},
+            {"name": "mp4", "dtype": "binary"}]
+
+
 def card_data(facts: dict[str, Any], rcfg: ReleaseConfig):
     """The card's YAML header (:class:`huggingface_hub.DatasetCardData`)."""
     from huggingface_hub import DatasetCardData
@@ -76,7 +98,8 @@ def card_data(facts: dict[str, Any], rcfg: ReleaseConfig):
         task_categories=["video-text-to-text"], size_categories=[size_category(facts["totals"]["samples"])],
         tags=TAGS + [t for t in rcfg.tags if t not in TAGS],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train/*.tar"}]}],
-        dataset_info={"features": FEATURES, "splits": [{"name": "train", "num_examples": facts["totals"]["samples"]}]},
+        dataset_info={"features": features(facts["clip_schema"]),
+                      "splits": [{"name": "train", "num_examples": facts["totals"]["samples"]}]},
         **extra)
 
 
@@ -262,5 +285,5 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-__all__ = ["card_data", "render_card", "size_category", "public_config", "category_plot", "FEATURES"]
+__all__ = ["card_data", "render_card", "size_category", "public_config", "category_plot", "features"]
 

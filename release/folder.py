@@ -291,7 +291,7 @@ def corpus_facts(pipe, shard_stage, index: pa.Table, listing: dict, missing: lis
     for st in stages:
         st["config"] = public_config(st["config"], forbidden_cfg)
     return {
-        "corpus": pipe.cfg.corpus, "flow": pipe.cfg.flow, "stages": stages,
+        "corpus": pipe.cfg.corpus, "flow": pipe.cfg.flow, "stages": stages, "clip_schema": shard_stage.input_schema,
         "totals": {"samples": len(keys), "samples_with_mp4": with_mp4, "videos": len(videos),
                    "clips": len(keys), "hours": clips.get("seconds", 0.0) / 3600.0, "words": clips.get("words", 0)},
         "categories": dict(categories.most_common()),

@@ -177,9 +177,12 @@ class RetryingAdapter(_base_adapter()):
 
 
 @contextlib.contextmanager
-def hub_session(policy: RetryPolicy, stats: TransferStats | None = None) -> Iterator[TransferStats]:
+def hub_session(policy: RetryPolicy, stats: TransferStats | None = None,
+                endpoint: str | None = None) -> Iterator[TransferStats]:
     """Route every huggingface_hub request of this process through :class:`RetryingAdapter`
-    while the block runs (huggingface_hub's default session comes back afterwards).
+    while the block runs (huggingface_hub's default session comes back afterwards). An
+    ``endpoint`` other than ``HF_ENDPOINT`` is made huggingface_hub's default for the block too:
+    some of its code (the commit answer's repo URL) parses URLs against that default only.
 
     Raises:
         ReleaseError: ``HF_HUB_OFFLINE`` is set (nothing could be uploaded).
@@ -201,9 +204,13 @@ def hub_session(policy: RetryPolicy, stats: TransferStats | None = None) -> Iter
     bars_were_off = are_progress_bars_disabled()
     disable_progress_bars()   # one progress bar of ours, not one per file
     configure_http_backend(backend_factory=factory)
+    default_endpoint = constants.ENDPOINT
+    if endpoint:
+        constants.ENDPOINT = endpoint.rstrip("/")
     try:
         yield stats
     finally:
+        constants.ENDPOINT = default_endpoint
         configure_http_backend()
         if not bars_were_off:
             enable_progress_bars()
@@ -298,7 +305,7 @@ def upload_release(staged: StagedRelease, repo_id: str, *, token: str, rcfg: Rel
 
     branch = revision or "main"
     Add = _known_sha256_add()
-    with hub_session(rcfg.retry) as stats:
+    with hub_session(rcfg.retry, endpoint=endpoint) as stats:
         api = HfApi(endpoint=endpoint, token=token)
         api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
         if branch != "main":

@@ -134,6 +134,11 @@ def sample_json(clip: dict[str, Any], video: str, mp4_member: bool) -> dict[str,
     }
 
 
+def metadata_fields(clip_fields: list[str]) -> list[str]:
+    """The keys of a sample's ``metadata``, in order, for clips with these fields."""
+    return [f for f in clip_fields if f not in _NOT_METADATA]
+
+
 def video_reference(clip: dict[str, Any], mp4_member: bool) -> str:
     """The ``video`` of a clip's conversation record: ``"<clip_id>.mp4"`` when the sample holds
     an ``mp4`` member, else the clip's ``http(s)`` URL, else its ``video_id`` (rule and reasons
@@ -190,4 +195,4 @@ def jsonl_conversation(sample: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 __all__ = ["conversation", "sample_json", "text_stream", "video_reference", "member_file_name", "on_member_clock",
-           "jsonl_conversation"]
+           "jsonl_conversation", "metadata_fields"]

@@ -205,6 +205,7 @@ def _lfs_patterns(tree: dict[str, Blob]) -> list[str]:
 def _handler(hub: HubLoopback):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True   # headers and body go out as separate writes: no 40 ms Nagle stall
 
         def log_message(self, *args):  # quiet
             pass
