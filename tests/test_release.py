@@ -572,3 +572,19 @@ def test_missing_token_and_offline_mode_are_clear_errors(built, env, hub):
     proc = run_cli("release", built["config"], "--repo", "no-slash", env=env, check=False)
     assert proc.returncode == 2 and "expected OWNER/NAME" in proc.stderr
     assert not hub.hits
+
+
+def test_the_prefect_deployment_names_the_release_flow_and_its_parameters():
+    import inspect
+
+    from prefect import Flow
+
+    from flows.release import release_corpus
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((repo / "infra" / "prefect" / "prefect.yaml").read_text())
+    dep = next(d for d in spec["deployments"] if d["entrypoint"] == "flows/release.py:release_corpus")
+    assert isinstance(release_corpus, Flow) and release_corpus.name == "livecc-release"
+    params = inspect.signature(release_corpus.fn).parameters
+    assert set(dep["parameters"]) <= set(params) and "token" not in params   # a token is never a parameter
+    assert (repo / dep["parameters"]["config_path"]).exists()
