@@ -391,7 +391,8 @@ def release(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
         out.print("--- README.md (dataset card) ---")
         out.print(s["card"], markup=False, highlight=False)
         return
-    out.print(f"staged:   {s['folder']} ({len(s['files'])} files, {human_bytes(s['bytes'])}; {s['samples']} clips in {s['shards']} shards)")
+    out.print(f"staged:   {s['folder']} ({len(s['files'])} files, {human_bytes(s['bytes'])}; {s['samples']} clips in "
+              f"{s['shards']} shard{'' if s['shards'] == 1 else 's'})")
     if "target" in r:
         t_ = r["target"]
         out.print(f"target:   {t_['url']} (sent {t_['sent_files']} files, {human_bytes(t_['sent_bytes'])}; sizes verified)")
@@ -400,9 +401,11 @@ def release(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
         v = h["verified"]
         out.print(f"commit:   {h['commit']}" + (f" (tag {h['tag']})" if h["tag"] else "")
                   + ("" if h["commits"] else " (no change: the repo already held this release)"))
-        out.print(f"sent:     {human_bytes(h['sent_bytes'])} of {human_bytes(h['bytes'])} (the rest was on the Hub already)"
+        out.print(f"sent:     {human_bytes(h['sent_bytes'])} as LFS uploads of {human_bytes(h['bytes'])} released "
+                  f"(small files travel in the commit; objects the Hub already held are not sent again)"
                   + (f"; retried {sum(h['retries'].values())} request(s): {h['retries']}" if h["retries"] else ""))
-        out.print(f"verified: {v['files']} files and their sizes, sha256 of {v['shards_sha256']} shards")
+        out.print(f"verified: {v['files']} files and their sizes, sha256 of {v['shards_sha256']} "
+                  f"shard{'' if v['shards_sha256'] == 1 else 's'}")
         out.print(f"repo:     {h['url']}")
 
 

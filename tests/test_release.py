@@ -352,6 +352,15 @@ def test_release_to_the_hub_as_a_user_with_tag_and_no_token_anywhere(built, env,
     listing = json.loads(files["shardlist.json"])
     for s in listing["shardlist"]:   # shards went as LFS objects whose oid is the shard list's sha256
         assert head.tree[s["url"]].lfs_oid == s["sha256"]
+    # a user streams it from the Hub by repo id (datasets resolves data/train/*.tar through the Hub API)
+    code = ("import json, sys\nfrom datasets import load_dataset\n"
+            "ds = load_dataset('lab/rel', split='train', streaming=True)\n"
+            "print(json.dumps([[s['__key__'], s['mp4'] is None] for s in ds]))")
+    streamed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**user_env, "HF_HOME": str(built["tmp"] / "hf_home_user")})
+    assert streamed.returncode == 0, streamed.stderr[-3000:]
+    expected = shard_samples(sorted((built["folder"] / "data" / "train").glob("*.tar")))
+    assert json.loads(streamed.stdout.strip().splitlines()[-1]) == [[k, "mp4" not in m] for k, m in expected.items()]
     # again: nothing to send, no new commit
     again = run_cli("release", built["config"], "--repo", "lab/rel", "--no-progress", env=user_env)
     assert "no change" in again.stdout and repo.branches["main"] == head.sha
