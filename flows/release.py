@@ -12,12 +12,13 @@ have their own retry layer (:mod:`release.hub`) and a re-run resumes (docs/archi
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.build import _artifact_key, open_pipeline
+from flows.build import open_pipeline
 from release.config import release_config
 from release.folder import human_bytes, load_staged, stage_release
 
@@ -103,7 +104,8 @@ def release_corpus(config_path: str, overrides: list[str] | None = None, repo: s
             message, description = commit_message(staged)
             result["hub"] = upload_task(config_path, overrides, staged["folder"], repo, message, description, private,
                                         revision, tag, token_secret, progress)
-    create_markdown_artifact(key=_artifact_key(staged["corpus"], "release"), markdown=_summary_markdown(result, dry_run),
+    key = re.sub(r"[^a-z0-9-]+", "-", f"{staged['corpus']}-release".lower()).strip("-")
+    create_markdown_artifact(key=key, markdown=_summary_markdown(result, dry_run),
                              description=f"release of corpus {staged['corpus']}")
     return result
 

@@ -370,10 +370,16 @@ def release(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1)
     except Exception as exc:  # noqa: BLE001 - a Hub error after every retry: say what failed, no traceback
+        import requests
         from huggingface_hub.errors import HfHubHTTPError
-        if not isinstance(exc, HfHubHTTPError):
+        if isinstance(exc, HfHubHTTPError):
+            console.print(f"[red]error:[/red] the Hub refused the release: {str(exc).splitlines()[0]}")
+        elif isinstance(exc, requests.RequestException):
+            from huggingface_hub import constants
+            console.print(f"[red]error:[/red] the Hub at {constants.ENDPOINT} could not be reached after every retry "
+                          f"({type(exc).__name__}); run the same command again to resume")
+        else:
             raise
-        console.print(f"[red]error:[/red] the Hub refused the release: {str(exc).splitlines()[0]}")
         raise typer.Exit(1)
     s = r["staged"]
     if dry_run:
