@@ -343,6 +343,123 @@ def serve(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
         prefect_serve(deployment(str(config), cron, name, set_ or []))
 
 
+_REPO_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+@app.command()
+def release(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
+            repo: Optional[str] = typer.Option(None, "--repo", help="Hub dataset repo OWNER/NAME (created if missing). "
+                                               "HF_ENDPOINT and HF_TOKEN are honoured as huggingface_hub honours them."),
+            private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
+            revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created from main when missing; default main)."),
+            tag: Optional[str] = typer.Option(None, "--tag", help="Tag the release commit, e.g. v1."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Stage the folder, print the files, bytes and card; send nothing."),
+            allow_partial: bool = typer.Option(False, "--allow-partial", help="Release although parts are pending, stale or failed; the card says which."),
+            target: Optional[str] = typer.Option(None, "--target", help="Write the release folder to this fsspec URL too "
+                                                 "(s3://bucket/prefix, gs://..., a local folder)."),
+            token_secret: Optional[str] = typer.Option(None, "--token-secret", help="Prefect Secret block holding the Hub token "
+                                                       "(default: HF_TOKEN, else the `huggingface-cli login` token)."),
+            progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when on a terminal)."),
+            verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
+    """Release a finished corpus as a Hugging Face Hub dataset repo (and/or to an fsspec folder).
+
+    Stages <root>/<corpus>/release/ (shards linked, never rewritten; seek index, shard list and
+    JSONL with repo paths; the dataset card README.md; plots), uploads it resumably (a killed
+    release, run again, sends nothing twice), tags it, verifies sizes and shard sha256 in the
+    repo, and prints the repo URL. Refuses a corpus with pending, stale or failed parts unless
+    --allow-partial. Runs as a Prefect flow (docs/recipes.md#release).
+    """
+    import re
+
+    _setup_logging(verbose)
+    if not (repo or target or dry_run):
+        console.print("[red]error:[/red] nothing to release to: give --repo OWNER/NAME and/or --target URL (or --dry-run)")
+        raise typer.Exit(2)
+    if repo and not re.match(_REPO_RE, repo):
+        console.print(f"[red]error:[/red] --repo {repo!r}: expected OWNER/NAME")
+        raise typer.Exit(2)
+    pipe = _pipeline(config, set_)
+    from pipeline.config import ConfigError
+    from release.config import release_config
+    from release.folder import ReleaseError, check_releasable, human_bytes
+
+    try:
+        release_config(pipe.cfg)
+        missing = check_releasable(pipe, allow_partial)   # before Prefect starts: a quick, clear refusal
+        if repo and not dry_run:
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:
+                raise ReleaseError("HF_HUB_OFFLINE is set: unset it (or set HF_HUB_OFFLINE=0) to upload to the Hub")
+            if not token_secret:
+                from release.hub import resolve_token
+                resolve_token(None)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    except ReleaseError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1)
+    if missing:
+        console.print("[yellow]partial release[/yellow] (--allow-partial); missing: " + "; ".join(missing))
+    from pipeline.prefect_server import PrefectServer
+
+    try:
+        with PrefectServer():
+            from flows.release import release_corpus
+
+            r = release_corpus(str(config), set_ or [], repo=repo, private=private, revision=revision, tag=tag,
+                               dry_run=dry_run, allow_partial=allow_partial, target=target,
+                               token_secret=token_secret, progress=progress)
+    except ReleaseError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1)
+    except Exception as exc:  # noqa: BLE001 - a Hub error after every retry: say what failed, no traceback
+        import requests
+        from huggingface_hub.errors import HfHubHTTPError
+        if isinstance(exc, HfHubHTTPError):
+            console.print(f"[red]error:[/red] the Hub refused the release: {str(exc).splitlines()[0]}")
+        elif isinstance(exc, requests.RequestException):
+            from huggingface_hub import constants
+            console.print(f"[red]error:[/red] the Hub at {constants.ENDPOINT} could not be reached after every retry "
+                          f"({type(exc).__name__}); run the same command again to resume")
+        else:
+            raise
+        raise typer.Exit(1)
+    s = r["staged"]
+    if dry_run:
+        t = Table(title=f"would release {s['corpus']!r}" + (f" to {repo}" if repo else "") + (f" and {target}" if target else ""))
+        t.add_column("file")
+        t.add_column("bytes", justify="right")
+        shown = s["files"] if len(s["files"]) <= 200 else s["files"][:100]
+        for path, size in shown:
+            t.add_row(path, f"{size:,}")
+        out.print(t)
+        if len(shown) < len(s["files"]):
+            out.print(f"... and {len(s['files']) - len(shown)} more files")
+        out.print(f"total: {len(s['files'])} files, {s['bytes']:,} bytes ({human_bytes(s['bytes'])}); nothing was sent")
+        out.print(f"staged in {s['folder']}")
+        out.print("--- README.md (dataset card) ---")
+        out.print(s["card"], markup=False, highlight=False)
+        return
+    out.print(f"staged:   {s['folder']} ({len(s['files'])} files, {human_bytes(s['bytes'])}; {s['samples']} clips in "
+              f"{s['shards']} shard{'' if s['shards'] == 1 else 's'})")
+    if "target" in r:
+        t_ = r["target"]
+        out.print(f"target:   {t_['url']} (sent {t_['sent_files']} files, {human_bytes(t_['sent_bytes'])}; sizes verified)")
+    if "hub" in r:
+        h = r["hub"]
+        v = h["verified"]
+        out.print(f"commit:   {h['commit']}" + (f" (tag {h['tag']})" if h["tag"] else "")
+                  + ("" if h["commits"] else " (no change: the repo already held this release)"))
+        out.print(f"sent:     {human_bytes(h['sent_bytes'])} as LFS uploads of {human_bytes(h['bytes'])} released "
+                  f"(small files travel in the commit; objects the Hub already held are not sent again)"
+                  + (f"; retried {sum(h['retries'].values())} request(s): {h['retries']}" if h["retries"] else ""))
+        out.print(f"verified: {v['files']} files and their sizes, sha256 of {v['shards_sha256']} "
+                  f"shard{'' if v['shards_sha256'] == 1 else 's'}")
+        out.print(f"repo:     {h['url']}")
+
+
 @app.command("build-and-train")
 def build_and_train_cmd(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
                         stage: str = typer.Option("pretrain", help="Training stage: pretrain | sft."),

@@ -55,6 +55,9 @@ class BuildConfig(BaseModel):
     part_size: int = Field(100, ge=1)
     ray: RayConfig = Field(default_factory=RayConfig)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: settings of `livecc release`, validated by the release package (release/config.py); in no
+    #: stage's config hash, so changing them never makes a part stale
+    release: dict[str, Any] = Field(default_factory=dict)
 
     # set by load_config; not part of the file
     path: str | None = Field(None, exclude=True)

@@ -297,7 +297,10 @@ class _Schedule:
             self._advance(c)
             return
         cause = getattr(outcome, "cause", None) or outcome
-        self._record(c, getattr(cause, "livecc_results", None) or [])
+        finished = getattr(cause, "livecc_results", None) or []
+        self._record(c, finished)
+        if finished:  # a fused task failed at a later stage: its first attempt there
+            c.attempts[c.at] = c.attempts.get(c.at, 0) + 1
         err = _short_error(outcome)
         stage = self.stages[c.at]
         if c.attempts.get(c.at, 1) <= self.ex.part_retries:

@@ -131,6 +131,11 @@ class Pipeline:
             found += [o for o in self.instantiate(s).outputs(summary) if kind is None or o.kind == kind]
         return found
 
+    @property
+    def corpus_hash(self) -> str:
+        """One hash of every stage's key, in order: what this config builds (for provenance)."""
+        return config_hash([self.keys[s.name] for s in self.stages])
+
     def _key(self, stage: type[Stage]) -> str:
         return config_hash({"stage": stage.name, "config": self.configs[stage.name].hash_payload(),
                             "version": stage.version, "schema": schemas.SCHEMA_VERSION,
@@ -143,23 +148,25 @@ class Pipeline:
         saved = self.storage.read_json(f"{self.stage_dir(stage.name)}/_plan.json")
         return saved["parts"] if saved and saved.get("config_hash") == self.keys[stage.name] else None
 
-    def plan_source(self) -> list[list[dict[str, Any]]]:
+    def plan_source(self, save: bool = True) -> list[list[dict[str, Any]]]:
         """List the source's items and save their grouping into parts: a saved plan keeps its
         membership and new items become new parts; a source with ``replan = False`` lists once
-        per key (discovery costs requests). Only builds call this; status never does."""
+        per key (discovery costs requests). Builds call this; status never does. ``save=False``
+        only looks (a release checking for items not built yet)."""
         stage = self.stages[0]
-        parts = self.saved_plan(stage)
-        if parts is not None and not stage.replan:
-            return parts
-        parts = parts or []
+        saved = self.saved_plan(stage)
+        if saved is not None and not stage.replan:
+            return saved
+        parts = saved or []
         inst = self.instantiate(stage)
         known = {inst.key(it) for p in parts for it in p}
         new = [it for it in inst.plan() if inst.key(it) not in known]
-        if new or not self.storage.exists(f"{self.stage_dir(stage.name)}/_plan.json") or self.saved_plan(stage) is None:
+        if new or saved is None:
             size = self.cfg.part_size
             parts = parts + [new[i:i + size] for i in range(0, len(new), size)]
-            self.storage.write_json(f"{self.stage_dir(stage.name)}/_plan.json",
-                                    {"config_hash": self.keys[stage.name], "parts": parts})
+            if save:
+                self.storage.write_json(f"{self.stage_dir(stage.name)}/_plan.json",
+                                        {"config_hash": self.keys[stage.name], "parts": parts})
         return parts
 
     # -- part states ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ cd "$REPO"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 RAY_USAGE_STATS_ENABLED=0
 export PREFECT_HOME="${PREFECT_HOME:-$REPO/.prefect}"
 CONSTRAINTS="${LIVECC_CONSTRAINTS:-constraints/cpu.txt}"   # GPU machines: constraints/gpu.txt
-EXTRAS="${LIVECC_EXTRAS:-test,whisper,train}"
+EXTRAS="${LIVECC_EXTRAS:-test,whisper,train,release}"
 PY="${PYTHON:-python3}"
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -30,6 +30,13 @@ extra frames before 0. Audio starts at the packet that overlaps the clip start (
 ``media.start`` in the sample JSON is the clip start: member time 0 is that media-clock
 time (tests/test_shard.py checks it against the source audio).
 
+**No path of the build machine is written** (shards are released as they are): the record's
+``video`` is the sample's own member file ``<clip_id>.mp4``, else the clip's URL, else its
+video id (:func:`schemas.record.video_reference`), and ``metadata`` leaves out
+``media_path``. A sample with an ``mp4`` member gets a JSONL line on the member's clock
+(:func:`schemas.record.jsonl_conversation`), so the reference ``train.py`` decodes the clip from
+the extracted member file.
+
 :meth:`Shard.finalize` writes, into the shard folder, ``seek_index.parquet`` (all parts in
 part order), ``shardlist.json`` (wids-style) and ``<corpus>_with_seeks.jsonl`` (one
 conversation per line in seek-index order; the last line is the JSON list of the BYTE
@@ -61,7 +68,7 @@ from pydantic import Field, field_validator
 import schemas
 from pipeline.stage import Output, Resources, Stage, StageConfig
 from pipeline.storage import part_name
-from schemas.record import sample_json
+from schemas.record import jsonl_conversation, sample_json, video_reference
 from schemas.seek_index import INDEX_NAME, SEEK_INDEX, SHARDLIST_NAME, jsonl_name
 
 #: webdataset splits a member name at its first dot into key and extension, so keys must not
@@ -174,11 +181,10 @@ class Shard(Stage):
         """Members of one clip's sample and its JSONL line (UTF-8, newline-terminated)."""
         row_key(row)  # validates the sample key before any media work
         media_path = row.get("media_path")
-        # caption-only corpora may have neither media nor a URL: the video id is then the
-        # reference, and the consumer maps ids to media (as the reference's `video` paths do)
-        video = self.context.storage.resolve(media_path) if media_path else (row.get("url") or row["video_id"])
         with_mp4 = bool(self.config.include_mp4 and media_path)
-        record = sample_json(row, video, with_mp4)
+        # shards are released as they are: `video` is never a path of this machine
+        # (the member's file name, else the URL, else the video id; schemas/record.py)
+        record = sample_json(row, video_reference(row, with_mp4), with_mp4)
         members = {"json": json.dumps(record, ensure_ascii=False).encode("utf-8")}
         if with_mp4:
             offset = row.get("media_offset") or 0.0
@@ -188,7 +194,8 @@ class Shard(Stage):
             # frame, not the requested start, is the member's time 0
             record["media"]["start"] = round(float(row["start"]) + lead_s, 6)
             members["json"] = json.dumps(record, ensure_ascii=False).encode("utf-8")
-        line = (json.dumps(record["conversation"], ensure_ascii=False) + "\n").encode("utf-8")
+        # a line naming the member file has its times on the member's clock
+        line = (json.dumps(jsonl_conversation(record), ensure_ascii=False) + "\n").encode("utf-8")
         return members, line
 
     def _tmp_dir(self, label: str) -> str:

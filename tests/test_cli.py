@@ -72,7 +72,7 @@ def test_the_engine_imports_no_stage_flow_recipe_or_cli():
     import ast
     from pathlib import Path
 
-    above = {"stages", "flows", "recipes", "livecc", "train"}
+    above = {"stages", "flows", "recipes", "livecc", "train", "release"}
     for path in sorted((Path(__file__).resolve().parents[1] / "pipeline").glob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

@@ -24,7 +24,7 @@ import webdataset as wds
 import schemas
 from pipeline.stage import StageContext
 from pipeline.storage import Storage, part_name
-from schemas.record import conversation, sample_json
+from schemas.record import conversation, jsonl_conversation, on_member_clock, sample_json, video_reference
 from schemas.seek_index import SEEK_INDEX, SeekIndex, read_jsonl_with_seeks
 from stages.shard import (MediaCutError, Shard, ShardConfig, cut_clip, plan_shards, tar_file_size,
                           tar_members, tar_sample_bytes)
@@ -172,12 +172,14 @@ def test_sample_json_and_conversation_record(built):
         clip = rows[key]
         user, assistant = rec["conversation"]
         video, text = user["content"]
-        expected_ref = clip["media_path"] or clip["url"]
+        # never a path of the build machine: the sample's own member file, else the URL
+        expected_ref = f"{key}.mp4" if clip["media_path"] else clip["url"]
         assert video == {"type": "video", "video": expected_ref, "video_start": clip["start"], "video_end": clip["end"]}
         assert text == {"type": "text", "text": "", "previous": clip["previous"], "title": TITLE, "category": "Éducation"}
         stream = assistant["content"][0]["text_stream"]
         assert stream == [[w["start"], w["end"], w["text"]] for w in clip["words"]] and stream
-        assert set(rec["metadata"]) == set(clip) - {"clip_id", "words"}
+        assert set(rec["metadata"]) == set(clip) - {"clip_id", "words", "media_path"}
+        assert str(built["root"]) not in json.dumps(rec) and "videogrep_manifesto" not in json.dumps(rec)
         assert rec["media"]["member"] == (None if clip["media_path"] is None else "mp4")
         # member time 0 is the first frame at or after the clip start: at most one frame (25 fps) later
         assert clip["start"] <= rec["media"]["start"] < clip["start"] + 0.04 + 1e-9
@@ -194,14 +196,14 @@ def test_jsonl_seeks_are_byte_offsets_of_each_line(built):
     assert seeks == line_starts
     for i, seek in enumerate(seeks):
         line = body[seek:body.index(b"\n", seek)]
-        assert json.loads(line) == index.sample_json(i)["conversation"]
+        assert json.loads(line) == jsonl_conversation(index.sample_json(i))
     # the non-ASCII text makes character offsets (the reference's) differ from byte offsets
     text = body.decode("utf-8")
     char_starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"][:-1]
     assert char_starts != seeks
     got_seeks, open_line = read_jsonl_with_seeks(str(path))
     assert got_seeks == seeks
-    assert [open_line(i) for i in range(len(seeks))] == [index.sample_json(i)["conversation"] for i in range(len(seeks))]
+    assert [open_line(i) for i in range(len(seeks))] == [jsonl_conversation(index.sample_json(i)) for i in range(len(seeks))]
 
 
 def test_shardlist_has_true_sizes_and_sha256(built):

@@ -19,7 +19,7 @@ import torch
 
 from schemas.seek_index import SeekIndex
 from tests.conftest import fixture_path
-from tests.train_shards import VIDEO, corpus_texts, manifesto_shards
+from tests.train_shards import VIDEO, corpus_texts, extract_media, manifesto_shards
 from train.collator import StreamProcessor, assistant_spans, patchify_video
 from train.dataset import BrokenSampleMonitor, MixSampler, SourceSpec, StreamingDataset
 from train.interleave import plain_conversation, query_text, stream_windows
@@ -121,7 +121,9 @@ def _independent_windows(sample: dict[str, bytes]) -> tuple[list[float], list[li
     video, query = meta["conversation"][0]["content"]
     stream = meta["conversation"][1]["content"][0]["text_stream"]
     with av.open(io.BytesIO(sample["mp4"])) as c:
-        times = np.array(sorted(float(f.pts * f.time_base) for f in c.decode(video=0))) + meta["media"]["start"]
+        # media-clock times to the microsecond (the records' precision): a word ending exactly
+        # on a frame is at or before it, as in exact arithmetic
+        times = np.round(np.array(sorted(float(f.pts * f.time_base) for f in c.decode(video=0))) + meta["media"]["start"], 6)
     times = times[(times >= video["video_start"] - 1e-6) & (times <= video["video_end"] + 1e-6)]
     grid = np.arange(times[0], times[-1] + 1e-9, 0.5)
     frames = [float(times[np.searchsorted(times, t - 1e-9)]) for t in grid]
@@ -223,12 +225,22 @@ def test_assistant_spans_on_rendered_chat(processor):
 
 # -- sources, mixing, broken samples ----------------------------------------------------
 
-def test_shard_and_jsonl_sources_and_weighted_mix(shards, processor):
+@pytest.fixture(scope="module")
+def media_dir(shards, tmp_path_factory):
+    return extract_media(shards, tmp_path_factory.mktemp("members"))
+
+
+def test_shard_and_jsonl_sources_and_weighted_mix(shards, media_dir, processor):
     jsonl = shards / "c_with_seeks.jsonl"
-    ds = StreamingDataset([SourceSpec(str(shards)), SourceSpec(f"{jsonl}")], processor, budget=SMALL)
+    ds = StreamingDataset([SourceSpec(str(shards)), SourceSpec(f"{jsonl}", media_root=str(media_dir))], processor, budget=SMALL)
     assert len(ds) == 4 and ds.key(2) == "c_with_seeks.jsonl:0"
-    # the JSONL line references the original media; same words as the shard sample
-    assert ds.prepare(2).messages[1]["content"][0]["text"].split()[0] == ds.prepare(0).messages[1]["content"][0]["text"].split()[0]
+    # the JSONL line names the extracted member file and is on its clock: the same turns and
+    # the same frames as the shard sample read from its member (media clock + media.start)
+    for shard_i, line_i in ((0, 2), (1, 3)):
+        from_shard, from_line = ds.prepare(shard_i), ds.prepare(line_i)
+        assert from_line.messages == from_shard.messages
+        assert [v.shape for v in from_line.videos] == [v.shape for v in from_shard.videos]
+        assert all(np.array_equal(a, b) for a, b in zip(from_line.videos, from_shard.videos))
 
     sampler = MixSampler([100, 40, 10], [1.0, 0.5, 2.0], seed=3)
     e0, e1 = sampler.epoch_indices(0), sampler.epoch_indices(1)
@@ -249,7 +261,7 @@ def test_shard_and_jsonl_sources_and_weighted_mix(shards, processor):
     assert sorted(sum(got, [])) == sorted(wrapped)
 
 
-def test_broken_samples_are_logged_replaced_deterministically_counted_and_fail_the_run(shards, processor, tmp_path, caplog):
+def test_broken_samples_are_logged_replaced_deterministically_counted_and_fail_the_run(shards, media_dir, processor, tmp_path, caplog):
     good = json.loads((shards / "c_with_seeks.jsonl").read_text().splitlines()[0])
     missing = json.loads(json.dumps(good))
     missing[0]["content"][0]["video"] = str(tmp_path / "gone.mp4")
@@ -259,7 +271,7 @@ def test_broken_samples_are_logged_replaced_deterministically_counted_and_fail_t
     seeks = np.cumsum([0] + [len(line.encode()) for line in lines])[:-1].tolist()
     path = tmp_path / "mix_with_seeks.jsonl"
     path.write_text("".join(lines) + json.dumps(seeks))
-    ds = StreamingDataset([SourceSpec(str(path))], processor, budget=SMALL, seed=5)
+    ds = StreamingDataset([SourceSpec(str(path), media_root=str(media_dir))], processor, budget=SMALL, seed=5)
     with caplog.at_level(logging.WARNING, logger="train.dataset"):
         first = ds[1]
     assert first["broken_keys"][0] == "mix_with_seeks.jsonl:1"
@@ -279,7 +291,7 @@ def test_broken_samples_are_logged_replaced_deterministically_counted_and_fail_t
     with pytest.raises(RuntimeError, match="broken sample rate"):
         monitor.update(1, ["b", "c"])
     with pytest.raises(RuntimeError, match="broken samples in a row"):
-        StreamingDataset([SourceSpec(str(path))], processor, budget=SMALL, max_attempts=1).__getitem__(1)
+        StreamingDataset([SourceSpec(str(path), media_root=str(media_dir))], processor, budget=SMALL, max_attempts=1).__getitem__(1)
 
 
 def test_plain_conversations_keep_their_turns_with_uniformly_sampled_video(processor, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-from tests.train_shards import corpus_texts, manifesto_shards
+from tests.train_shards import corpus_texts, extract_media, manifesto_shards
 from train.cli import app, resolve
 from train.tiny import tiny_model, tiny_processor
 from train.trainer import TrainConfig, build_trainer, gradient_accumulation_steps, load_config, run
@@ -78,6 +78,8 @@ def test_overfitting_one_sample_halves_its_loss(shards, processor, tmp_path):
     one.write_text(line + "\n" + json.dumps([0]))
     cfg = tiny_config(tmp_path / "run", [str(one)], max_steps=20, learning_rate=3e-3,
                       lr_scheduler_type="constant", warmup_ratio=0.0)
+    # the line names its clip's member file: resolve it under the extracted members
+    cfg.data.sources[0].media_root = str(extract_media(shards, tmp_path / "members"))
     trainer = build_trainer(cfg, model=tiny_model(processor.tokenizer), processor=processor)
     trainer.train()
     got = [v for _, v in sorted(losses(trainer).items())]

@@ -69,6 +69,18 @@ def manifesto_shards(root: Path, corpus: str = "c", clip_words: list[tuple[int, 
     return Path(root) / corpus / "shards"
 
 
+def extract_media(shard_dir: Path, out: Path) -> Path:
+    """Unpack the shards' ``mp4`` members into ``out`` as ``<clip_id>.mp4`` (what ``tar -xf``
+    writes): the folder a JSONL-with-seeks source's ``video`` names resolve under."""
+    import tarfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    for tar in sorted(Path(shard_dir).glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            tf.extractall(out, members=[m for m in tf.getmembers() if m.name.endswith(".mp4")], filter="data")
+    return out
+
+
 def corpus_texts() -> list[str]:
     """Texts to train the tiny tokenizer on: the fixture's words and the prompt pieces."""
     return [" ".join(w["text"] for w in real_words()), QUERY, TITLE]

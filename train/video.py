@@ -320,7 +320,9 @@ def decode_video(
                 break
         if wanted:
             raise ValueError(f"{len(wanted)} frames listed by the demuxer were not decoded (corrupt media?)")
-        pts_s = [float(pts_ticks[i] * tb) + offset_s for i in chosen]
+        # to the microsecond, the precision of record times (media.start, words): a word ending
+        # exactly on a frame then compares equal on the media clock and on a member's clock
+        pts_s = [round(float(pts_ticks[i] * tb) + offset_s, 6) for i in chosen]
         return DecodedVideo(frames=frames, pts_s=pts_s, source_size=(src_h, src_w))
     finally:
         container.close()
