@@ -37,7 +37,7 @@ from pydantic import Field
 
 import schemas
 from pipeline.stage import Histogram, Rejected, Resources, Result, Stage, StageConfig
-from stages.models import has_files, resolve_checkpoint
+from stages.models import has_files, model_fingerprint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,19 @@ class LanguageFilter(Stage):
     def __init__(self, config: LanguageConfig, context):
         super().__init__(config, context)
         self.detector: Detector | None = None
+
+    def fingerprint(self) -> Any:
+        """The classifier's files for the transformers backend (part of every part's key);
+        py3langid's model is in its wheel, named by its version."""
+        cfg = self.config
+        if cfg.backend == "transformers":
+            return model_fingerprint(lambda: classifier_path(cfg.model, cfg.model_dir), cfg.model)
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {"py3langid": version("py3langid")}
+        except PackageNotFoundError:
+            return {"py3langid": None}
 
     def setup(self) -> None:
         cfg = self.config
@@ -163,9 +176,7 @@ class TransformersDetector(Detector):
             from transformers import pipeline
         except ImportError as exc:
             raise ImportError("backend 'transformers' needs transformers: pip install -e '.[train]'") from exc
-        path = resolve_checkpoint(model, stage="language", repo_id=model if "/" in model else None,
-                                  model_dir=model_dir, is_checkpoint=_is_classifier_checkpoint,
-                                  what="language-ID weights")
+        path = classifier_path(model, model_dir)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.name = f"transformers:{path}"
@@ -194,6 +205,17 @@ def make_detector(backend: str, *, model: str = REFERENCE_MODEL, model_dir: str 
     if backend == "transformers":
         return TransformersDetector(model, model_dir, device, batch_size)
     raise ValueError(f"unknown language backend {backend!r} (py3langid, transformers)")
+
+
+def classifier_path(model: str, model_dir: str | None) -> str:
+    """The classifier's checkpoint folder (:func:`stages.models.resolve_checkpoint`; no download).
+
+    Raises:
+        stages.models.MissingWeightsError: not on this machine (the message has the download command).
+    """
+    return resolve_checkpoint(model, stage="language", repo_id=model if "/" in model else None,
+                              model_dir=model_dir, is_checkpoint=_is_classifier_checkpoint,
+                              what="language-ID weights")
 
 
 def _is_classifier_checkpoint(path: str) -> bool:

@@ -74,7 +74,7 @@ from pydantic import Field, model_validator
 
 import schemas
 from pipeline.stage import Histogram, Rejected, Resources, Result, Stage, StageConfig
-from stages.models import MissingWeightsError, resolve_checkpoint
+from stages.models import MissingWeightsError, model_fingerprint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,13 @@ class LmLossFilter(Stage):
         super().__init__(config, context)
         self.scorer: "LossScorer | None" = None
         self.model_path = ""
+
+    def fingerprint(self) -> Any:
+        """The LM's files: part of every part's key (docs/architecture.md, "Parts and lineage")."""
+        cfg = self.config
+        gguf = cfg.model.endswith(".gguf")
+        return model_fingerprint(lambda: cfg.model if gguf and os.path.isfile(cfg.model) else
+                                 resolve_model_path(cfg.model, cfg.model_dir, stage=self.name), cfg.model)
 
     def setup(self) -> None:
         """Find and load the tokenizer and model once per actor (no download)."""

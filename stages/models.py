@@ -7,6 +7,7 @@ a stage calls :func:`resolve_checkpoint` in ``setup()``, and a miss raises
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Callable, Iterable
 
@@ -86,3 +87,59 @@ def _from_hf_cache(repo_id: str | None, cache_dir: str | None, is_checkpoint: Ca
     except Exception:  # noqa: BLE001 - any miss (not cached, offline, bad id) means "not here"
         return None
     return path if is_checkpoint(path) else None
+
+
+# -- what a stage's output depends on besides its input: the model files ------------------------
+
+_HASHED: dict[tuple[str, int, int], str] = {}
+_WHOLE_BYTES = 64 << 20     # files up to this size are hashed whole
+_EDGE_BYTES = 1 << 20       # larger ones: size plus their first and last MiB
+
+
+def files_fingerprint(paths: Iterable[str]) -> dict[str, str]:
+    """``file name -> "<size>:<sha256 prefix>"`` for model files: a whole-file hash up to 64 MB,
+    beyond that the size and the first and last MiB (a multi-GB checkpoint is not read whole on
+    every ``livecc status``). Cached per path, size and mtime for the process."""
+    out = {}
+    for path in sorted(paths):
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in _HASHED:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                if st.st_size <= _WHOLE_BYTES:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                else:
+                    h.update(f.read(_EDGE_BYTES))
+                    f.seek(st.st_size - _EDGE_BYTES)
+                    h.update(f.read(_EDGE_BYTES))
+            _HASHED[key] = f"{st.st_size}:{h.hexdigest()[:16]}"
+        out[os.path.basename(path)] = _HASHED[key]
+    return out
+
+
+def checkpoint_fingerprint(path: str) -> dict[str, str]:
+    """:func:`files_fingerprint` of a checkpoint: the file itself, or every file of its folder
+    (and one level of subfolders, as tokenizer files sometimes are), hidden files aside."""
+    if os.path.isfile(path):
+        return files_fingerprint([path])
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if root == path else []
+        files += [os.path.join(root, n) for n in names if not n.startswith(".")]
+    return files_fingerprint(files)
+
+
+def model_fingerprint(find: Callable[[], str | list[str]], configured: object) -> dict[str, object]:
+    """The fingerprint of the model files ``find()`` resolves (a path or paths), or, where they
+    are not on this machine (a driver without the weights its workers have), of what the config
+    names: a part's key then changes when the weights turn up here."""
+    try:
+        found = find()
+    except (FileNotFoundError, ImportError):
+        return {"configured": configured}
+    merged: dict[str, str] = {}
+    for p in [found] if isinstance(found, str) else found:
+        merged.update(checkpoint_fingerprint(p))
+    return {"files": merged}

@@ -59,7 +59,7 @@ from pydantic import Field
 import schemas
 from pipeline.stage import Histogram, Rejected, Resources, Result, Stage, StageConfig
 from stages.audio import SAMPLE_RATE_HZ, NoAudioStreamError, extract_audio, peak_dbfs
-from stages.models import MissingWeightsError, has_files, resolve_checkpoint
+from stages.models import MissingWeightsError, has_files, model_fingerprint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,10 @@ class Transcribe(Stage):
         self.timings: list[dict[str, Any]] = []
 
     # -- lifecycle -------------------------------------------------------------
+    def fingerprint(self) -> Any:
+        """The Whisper checkpoint's files: part of every part's key."""
+        return model_fingerprint(lambda: resolve_model_path(self.config.model, self.config.model_dir), self.config.model)
+
     def setup(self) -> None:
         """Resolve and load the checkpoint once per actor.
 

@@ -72,6 +72,36 @@ def built(tmp_path_factory, env):
             "lm_model": lm_model}
 
 
+def test_the_flow_run_shows_stages_overlapping_and_the_build_report(built, env):
+    """Each stage is a Prefect task that runs while its parts do: with parts streaming, stage
+    tasks overlap in time on the flow run's page; the build report (timeline) is written."""
+    import datetime
+    import urllib.request
+
+    def post(path: str, body: dict) -> list[dict]:
+        req = urllib.request.Request(env["PREFECT_API_URL"] + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+    flows = [f for f in post("/flow_runs/filter", {"limit": 200}) if f["name"] and f["state_type"] == "COMPLETED"]
+    runs = post("/task_runs/filter", {"limit": 200, "flow_runs": {"id": {"any_": [f["id"] for f in flows]}}})
+    by_flow: dict[str, list] = {}
+    for t in runs:
+        if t["start_time"] and t["end_time"] and not t["name"].endswith("-report"):
+            by_flow.setdefault(t["flow_run_id"], []).append(
+                (datetime.datetime.fromisoformat(t["start_time"]), datetime.datetime.fromisoformat(t["end_time"]),
+                 t["name"]))
+    overlapping = 0
+    for tasks in by_flow.values():
+        tasks.sort()
+        overlapping = max(overlapping, sum(1 for (a0, a1, _), (b0, b1, _) in zip(tasks, tasks[1:]) if b0 < a1))
+    assert overlapping >= 2, by_flow  # several stages ran at once in one build
+    report = built["root"] / "pt" / "_build"
+    assert (report / "timeline.png").stat().st_size > 1000
+    text = (report / "report.md").read_text()
+    assert "| stage | parts run |" in text and "busy s" in text and "shard" in text
+
+
 def read_parts(folder: Path) -> list[dict]:
     rows = []
     for p in sorted(folder.glob("part-*.parquet")):

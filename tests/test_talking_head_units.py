@@ -429,3 +429,30 @@ def test_config_validates_and_runtime_fields_stay_out_of_the_hash():
     a = TalkingHeadConfig().hash_payload()
     assert a == TalkingHeadConfig(device="cpu", decode_workers=7, model_dir="/x").hash_payload()
     assert a != TalkingHeadConfig(threshold=0.1).hash_payload()
+
+
+def test_the_model_files_are_part_of_the_stage_key(tmp_path, monkeypatch):
+    """A stage that reads model files declares them: other weights, another key (the parts are
+    stale); weights that are not on this machine key on the configured names."""
+    import shutil
+
+    from tests.conftest import fixture_path
+
+    monkeypatch.delenv("LIVECC_MODEL_DIR", raising=False)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("lightasd_finetuning_TalkSet.model", "scrfd_500m_bnkps_640.onnx"):
+        shutil.copy(fixture_path("weights", name), weights / name)
+    stage = TalkingHead(TalkingHeadConfig(model_dir=str(weights)), None)
+    first = stage.fingerprint()
+    assert set(first["files"]) == {"lightasd_finetuning_TalkSet.model", "scrfd_500m_bnkps_640.onnx"}
+    with open(weights / "lightasd_finetuning_TalkSet.model", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    assert stage.fingerprint()["files"]["lightasd_finetuning_TalkSet.model"] != \
+        first["files"]["lightasd_finetuning_TalkSet.model"]
+    missing = TalkingHead(TalkingHeadConfig(model_dir=str(tmp_path / "none"),
+                                            asd_weights=["nowhere.model"]), None).fingerprint()
+    assert "configured" in missing

@@ -86,7 +86,8 @@ class MediaDownload(Stage):
     Config = MediaConfig
     input_schema = schemas.CLIPS
     output_schema = schemas.CLIPS
-    resources = Resources(num_cpus=1, batch_size=None)
+    # network-bound (its threads wait on downloads): a quarter CPU, beside the CPU stages' actors
+    resources = Resources(num_cpus=0.25, batch_size=None)
     key_field = "clip_id"
 
     config: MediaConfig

@@ -140,8 +140,9 @@ class Query(Stage):
     Config = QueryConfig
     input_schema = schemas.CLIPS
     output_schema = schemas.CLIPS
-    # network-bound: threads overlap the requests; a part at a time, so a part's requests share one pool
-    resources = Resources(num_cpus=1, batch_size=None)
+    # network-bound: threads overlap the requests (a part at a time, so a part's requests share one
+    # pool), and the actor mostly waits: a quarter CPU, beside the CPU stages' actors
+    resources = Resources(num_cpus=0.25, batch_size=None)
     key_field = "clip_id"
 
     config: QueryConfig

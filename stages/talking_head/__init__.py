@@ -55,6 +55,7 @@ from pydantic import Field, field_validator
 
 import schemas
 from pipeline.stage import Histogram, Rejected, Resources, Stage, StageConfig
+from stages.models import model_fingerprint
 from stages.talking_head import lmm
 from stages.talking_head.analyze import Analyzer, ClipRequest, ClipResult
 from stages.talking_head.audio import MediaError, NoAudioStreamError
@@ -137,6 +138,17 @@ class TalkingHead(Stage):
         "talking_head_p_yes": Histogram("talking-head P(Yes) (LMM)", ("talking_head_p_yes",))}
 
     config: TalkingHeadConfig
+
+    def fingerprint(self) -> Any:
+        """The model files the backend reads: part of every part's key."""
+        cfg = self.config
+        if cfg.backend == "lmm":
+            return model_fingerprint(lambda: lmm.checkpoint_path(cfg), cfg.lmm_model)
+        from stages.talking_head.weights import find_weights
+
+        return model_fingerprint(lambda: [find_weights("asd", cfg.asd_weights, cfg.model_dir),
+                                          find_weights("detector", cfg.detector_weights, cfg.model_dir)],
+                                 [cfg.asd_weights, cfg.detector_weights])
 
     def setup(self) -> None:
         """Load the backend's models once per actor."""

@@ -433,11 +433,7 @@ def load_scorer(cfg, device: str) -> LmmScorer:
             has the download command).
         ImportError: transformers is not installed (``pip install -e '.[lmm]'``).
     """
-    from stages.models import resolve_checkpoint
-
-    path = resolve_checkpoint(cfg.lmm_model, stage="talking_head", repo_id=_repo_id(cfg.lmm_model),
-                              model_dir=cfg.model_dir, is_checkpoint=is_qwen2vl_checkpoint,
-                              what="Qwen2-VL", model_key="lmm_model")
+    path = checkpoint_path(cfg)
     try:
         import torch
         from transformers import Qwen2VLForConditionalGeneration
@@ -455,3 +451,16 @@ def load_scorer(cfg, device: str) -> LmmScorer:
 
 def _repo_id(model: str) -> str | None:
     return model if model.count("/") == 1 and not os.path.isabs(model) and not model.startswith(".") else None
+
+
+def checkpoint_path(cfg) -> str:
+    """The Qwen2-VL checkpoint folder of ``cfg.lmm_model`` (no download).
+
+    Raises:
+        stages.models.MissingWeightsError: not on this machine (the message has the download command).
+    """
+    from stages.models import resolve_checkpoint
+
+    return resolve_checkpoint(cfg.lmm_model, stage="talking_head", repo_id=_repo_id(cfg.lmm_model),
+                              model_dir=cfg.model_dir, is_checkpoint=is_qwen2vl_checkpoint,
+                              what="Qwen2-VL", model_key="lmm_model")
