@@ -59,6 +59,7 @@ def loop_baseline(archive: Path, out: Path) -> tuple[float, int]:
     from pipeline.config import load_config
     from pipeline.pipeline import Pipeline
     from pipeline.stage import Rejected
+    from pipeline.worker import run_batches
 
     cfg_path = write_config(out.parent / "loop.yaml", archive, out)
     pipe = Pipeline(load_config(cfg_path), STAGES)
@@ -69,13 +70,9 @@ def loop_baseline(archive: Path, out: Path) -> tuple[float, int]:
     items = list(stages[0].plan())
     rows = items
     for s in stages[:-1]:
-        nxt = []
-        for row in rows:
-            try:
-                nxt += [r for r in s.process(row) if not isinstance(r, Rejected)]
-            except Exception:  # noqa: BLE001 - errors are dropped, as the build records them
-                pass
-        rows = nxt
+        # the one batch hook, as the executor calls it; errors are dropped (the build records them)
+        rows = [r for res in run_batches(s, rows) if not isinstance(res, BaseException)
+                for r in res if not isinstance(r, Rejected)]
     shard = stages[-1]
     shard.context.part = 0
     results = shard.process_batch(rows)

@@ -17,5 +17,16 @@ class StageWorker:
         """Answers once the actor process is up (placed by Ray and started)."""
         return True
 
+    def warm(self, specs: list[dict[str, Any]]) -> dict[str, float]:
+        """Set these stages up now (models loaded) for the parts that follow; returns each
+        stage's setup seconds. A stage that cannot be set up is left for its first part to report."""
+        for spec in specs:
+            try:
+                self.runner.stage(spec)
+            except Exception:  # noqa: BLE001 - the part that needs it raises the same error, per part
+                pass
+        return {spec["cls"].name: self.runner.setup_s[spec["cls"].name] for spec in specs
+                if spec["cls"].name in self.runner.setup_s}
+
     def run_chain(self, task: dict[str, Any]) -> list[dict[str, Any]]:
         return self.runner.run_chain(task)

@@ -49,6 +49,7 @@ from pipeline.worker import StageRunner, items_fingerprint
 log = logging.getLogger("livecc")
 
 OFFLINE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+COSTLY_SETUP_S = 0.5    # a stage whose setup() takes longer is not spread over cold workers lightly
 MANIFEST_SAVE_S = 2.0   # a kill loses at most this much of the manifest records (the parts are redone)
 LIVE_WRITE_S = 1.0
 
@@ -89,16 +90,28 @@ class Executor:
     part_retries: int = 2
 
     # -- backend -----------------------------------------------------------------------------
-    def free_slots(self, res: Resources) -> int:
-        """Tasks of this resource shape that can start now."""
+    def free_slots(self, res: Resources, stage: str | None = None, set_up: bool = False) -> int:
+        """Tasks of this resource shape that can start now; with ``set_up``, only on workers
+        that have ``stage`` set up already."""
         raise NotImplementedError
 
-    def want(self, demand: list[tuple[Resources, int]]) -> None:
-        """Per resource shape, how many tasks could start now but have no free worker: grow
-        capacity there (and release it where nothing waits) if the backend can."""
+    def has_stage(self, res: Resources, stage: str) -> bool:
+        """Whether some worker of this shape has ``stage`` set up (or is setting it up)."""
+        return True
 
-    def submit(self, res: Resources, task: dict[str, Any]) -> Any:
-        """Start a task; returns a handle that :meth:`poll` reports."""
+    def want(self, demand: list[tuple[Resources, int]], active: set[tuple] | None = None) -> None:
+        """Per resource shape, how many tasks could start now but have no free worker: grow
+        capacity there if the backend can. ``active``: the shapes that will still have work in
+        this run (their last worker is kept)."""
+
+    def prepare(self, groups: list[tuple[Resources, list[dict[str, Any]]]], first_workers: int = 1) -> None:
+        """A run is about to start these groups (resources, stage specs; the first group may use
+        ``first_workers`` at once): start workers and set the stages up ahead of their first
+        part, if the backend can."""
+
+    def submit(self, res: Resources, task: dict[str, Any], set_up: bool = False) -> Any:
+        """Start a task (``set_up``: on a worker that has its first stage set up); returns a
+        handle that :meth:`poll` reports."""
         raise NotImplementedError
 
     def poll(self, timeout_s: float) -> list[tuple[Any, Any]]:
@@ -137,6 +150,8 @@ class _Schedule:
         self.waiting: list[list[_Chain]] = [[] for _ in self.groups]
         self.inflight: dict[Any, tuple[_Chain, int]] = {}
         self.inflight_count = [0] * len(self.groups)
+        self.served = [0.0] * len(self.groups)   # when each group last started a task
+        self.setup_s: dict[str, float] = {}      # stage -> its setup() seconds on a worker, once seen
         self.remaining = [0] * len(stages)
         self.finished: set[str] = set()
         self.timeline: list[dict[str, Any]] = []
@@ -253,24 +268,54 @@ class _Schedule:
         return max(0, n)
 
     def _start_tasks(self) -> None:
+        """Start what may start. Groups that share a resource shape take turns, one task each per
+        round (the group served least recently first, then downstream first), so a slow stage
+        cannot take every worker from a fast one that feeds the network."""
+        allowed = [self._allowed(gi) for gi in range(len(self.groups))]
+        order = sorted(range(len(self.groups)), key=lambda gi: (self.served[gi], -gi))
+        progress = True
+        while progress:
+            progress = False
+            for gi in order:
+                g = self.groups[gi]
+                if allowed[gi] <= 0:
+                    continue
+                stage = self.stages[self.waiting[gi][0].at].name
+                # a stage whose setup is costly (models to load) takes a worker that has it set up;
+                # a cold one only as its first worker, or when its queue is full (scale out)
+                set_up = (self._setup_s(stage) >= COSTLY_SETUP_S
+                          and self.ex.has_stage(g.resources, stage) and len(self.waiting[gi]) < g.max_waiting)
+                if self.ex.free_slots(g.resources, stage, set_up) > 0:
+                    c = heapq.heappop(self.waiting[gi])
+                    c.attempts[c.at] = c.attempts.get(c.at, 0) + 1
+                    handle = self.ex.submit(g.resources, self._task(c, gi), set_up)
+                    self.inflight[handle] = (c, gi)
+                    self.inflight_count[gi] += 1
+                    self.served[gi] = time.monotonic()
+                    allowed[gi] -= 1
+                    progress = True
         demand: dict[tuple, list] = {}
-        for gi in reversed(range(len(self.groups))):  # downstream first: drain before filling
-            res = self.groups[gi].resources
-            allowed = self._allowed(gi)
-            while allowed > 0 and self.ex.free_slots(res) > 0:
-                c = heapq.heappop(self.waiting[gi])
-                c.attempts[c.at] = c.attempts.get(c.at, 0) + 1
-                handle = self.ex.submit(res, self._task(c, gi))
-                self.inflight[handle] = (c, gi)
-                self.inflight_count[gi] += 1
-                allowed -= 1
-            entry = demand.setdefault(shape(res), [res, 0])
-            entry[1] += allowed  # parts that could start if there were an actor
-        self.ex.want([(res, n) for res, n in demand.values()])
+        for gi, g in enumerate(self.groups):
+            entry = demand.setdefault(shape(g.resources), [g.resources, 0])
+            if not self.waiting[gi]:
+                continue
+            stage = self.stages[self.waiting[gi][0].at].name
+            if (self._setup_s(stage) < COSTLY_SETUP_S or not self.ex.has_stage(g.resources, stage)
+                    or len(self.waiting[gi]) >= g.max_waiting):
+                entry[1] += allowed[gi]  # parts that could start if there were a worker for them
+        active = {shape(g.resources) for g in self.groups if any(s.name not in self.finished for s in g.stages)}
+        self.ex.want([(res, n) for res, n in demand.values()], active)
+
+    def _setup_s(self, stage: str) -> float:
+        """The stage's setup() seconds on a worker as seen so far; unknown counts as costly."""
+        seen = [d[stage] for d in (self.setup_s, getattr(self.ex, "setup_s", {})) if stage in d]
+        return max(seen) if seen else COSTLY_SETUP_S
 
     def _record(self, c: _Chain, results: list[dict[str, Any]]) -> None:
         for r in results:
             stage = self.stages[c.at]
+            if r.get("setup_s") is not None:
+                self.setup_s[stage.name] = max(self.setup_s.get(stage.name, 0.0), r["setup_s"])
             if r["stage"] != stage.name:
                 raise RuntimeError(f"worker ran {r['stage']} where {stage.name} was next for part {c.part}")
             run = self.runs[stage.name]
@@ -347,9 +392,23 @@ class _Schedule:
         self.pipe.write_live({k: {a: sorted(b) for a, b in v.items()} for k, v in stages.items()}, started_at)
         self._live_at = time.monotonic()
 
+    def _prepare(self, n_chains: int) -> None:
+        """Every group's workers start, and set their stages up, while the first parts run: a
+        GPU stage loads its model while the crawl is still listing."""
+        specs = []
+        for g in self.groups:
+            specs.append((g.resources, [{"cls": s, "config": self.pipe.configs[s.name].model_dump(mode="json"),
+                                         "context": self.pipe.context(s)} for s in g.stages]))
+        # the first group has every part ready: as many workers as it may use, from the start
+        first = self.groups[0]
+        spread = min(n_chains, first.concurrency or n_chains)
+        self.ex.prepare(specs, spread)
+
     def run(self) -> BuildRun:
         started = time.time()
         chains = self._initial_chains()
+        if chains:
+            self._prepare(len(chains))
         self.progress.start(len(chains))
         try:
             for c in chains:
@@ -391,10 +450,10 @@ class LocalExecutor(Executor):
         self._done: list[tuple[Any, Any]] = []
         self._n = 0
 
-    def free_slots(self, res: Resources) -> int:
+    def free_slots(self, res: Resources, stage: str | None = None, set_up: bool = False) -> int:
         return 0 if self._done else 1
 
-    def submit(self, res: Resources, task: dict[str, Any]) -> Any:
+    def submit(self, res: Resources, task: dict[str, Any], set_up: bool = False) -> Any:
         self._n += 1
         try:
             outcome: Any = self.runner.run_chain(task)
@@ -444,6 +503,8 @@ class _Slot:
     ready: bool = False
     busy: bool = False
     since: float = field(default_factory=time.monotonic)
+    stages: set = field(default_factory=set)  # stages set up (or being set up) on this actor
+    unplaced: bool = False  # not started, and the cluster has no room for it now
 
 
 class _Pool:
@@ -486,17 +547,27 @@ class RayExecutor(Executor):
         self.fuse = cfg.ray.fuse
         self.pools: dict[tuple, _Pool] = {}
         self.inflight: dict[Any, tuple[_Pool, _Slot]] = {}
+        self.setup_s: dict[str, float] = {}  # stage -> its setup() seconds on an actor, once seen
 
     def pool(self, res: Resources) -> _Pool:
         key = shape(res)
         if key not in self.pools:
             self.pools[key] = _Pool(res, _capacity(res))
+            if res.num_cpus == 0 and res.num_gpus == 0 and res.concurrency is None:
+                log.warning("stages of shape %s reserve no CPU or GPU and set no resources.concurrency: their "
+                            "actors are bounded by the parts waiting only", key)
         return self.pools[key]
 
-    def free_slots(self, res: Resources) -> int:
-        return len(self.pool(res).idle())
+    def free_slots(self, res: Resources, stage: str | None = None, set_up: bool = False) -> int:
+        idle = self.pool(res).idle()
+        return len([s for s in idle if stage in s.stages] if set_up else idle)
 
-    def want(self, demand: list[tuple[Resources, int]]) -> None:
+    def has_stage(self, res: Resources, stage: str) -> bool:
+        # an actor the cluster cannot place yet does not count: its parts take any idle actor
+        return any(stage in s.stages and not s.unplaced for s in self.pool(res).slots)
+
+    def want(self, demand: list[tuple[Resources, int]], active: set[tuple] | None = None) -> None:
+        self.active = active if active is not None else set(self.pools)
         for p in self.pools.values():
             p.demand = 0
         for res, n in demand:
@@ -506,9 +577,30 @@ class RayExecutor(Executor):
             for _ in range(max(0, min(n + busy, pool.max_actors) - len(pool.slots))):
                 pool.new_actor()
 
-    def submit(self, res: Resources, task: dict[str, Any]) -> Any:
+    def prepare(self, groups: list[tuple[Resources, list[dict[str, Any]]]], first_workers: int = 1) -> None:
+        """One actor per group where the cluster fits it (else the least loaded actor of the
+        shape), then more for the first group up to ``first_workers``, each setting its group's
+        stages up before the first part arrives (the set-up times come back with readiness)."""
+        plan = [(res, specs) for res, specs in groups] + [groups[0]] * max(0, first_workers - 1)
+        for i, (res, specs) in enumerate(plan):
+            pool = self.pool(res)
+            if len(pool.slots) < pool.max_actors:
+                slot = pool.new_actor()
+            elif i >= len(groups):
+                break  # no room for more workers of the first group
+            else:
+                slot = min(pool.slots, key=lambda s: len(s.stages))
+            slot.stages.update(spec["cls"].name for spec in specs)
+            # the actor is ready for parts once its stages are set up: none queues behind the set-up
+            slot.ready_ref, slot.ready = slot.actor.warm.remote(specs), False
+
+    def submit(self, res: Resources, task: dict[str, Any], set_up: bool = False) -> Any:
         pool = self.pool(res)
-        slot = pool.idle()[0]
+        first = task["stages"][0]["cls"].name
+        idle = pool.idle()
+        # an actor that has this stage set up already (models loaded) first
+        slot = next((s for s in idle if first in s.stages), None if set_up else idle[0])
+        slot.stages.update(spec["cls"].name for spec in task["stages"])
         slot.busy = True
         ref = slot.actor.run_chain.remote(task)
         self.inflight[ref] = (pool, slot)
@@ -530,8 +622,10 @@ class RayExecutor(Executor):
             if ref in readiness:
                 pool, slot = readiness[ref]
                 try:
-                    ray.get(ref)
-                    slot.ready, slot.since = True, time.monotonic()
+                    setup = ray.get(ref)
+                    slot.ready, slot.unplaced, slot.since = True, False, time.monotonic()
+                    for name, sec in (setup if isinstance(setup, dict) else {}).items():
+                        self.setup_s[name] = max(self.setup_s.get(name, 0.0), sec)
                 except Exception as exc:  # noqa: BLE001 - an actor that cannot start is dropped
                     log.warning("an actor of shape %s did not start: %s", shape(pool.res), _short_error(exc))
                     pool.slots.remove(slot)
@@ -548,17 +642,27 @@ class RayExecutor(Executor):
         return done
 
     def _release_idle(self) -> None:
-        """An idle actor of a pool with no waiting parts makes room for a pool whose new actors
-        the cluster cannot place."""
+        """An idle actor of a pool with no waiting parts makes room for a pool whose new actor the
+        cluster cannot place (not ready after a second, and the free resources do not fit its
+        shape); a pool whose stages still have work keeps its last actor (its stages are set up
+        there)."""
         import ray
 
         now_s = time.monotonic()
-        starved = [p for p in self.pools.values()
-                   if p.demand and not p.idle() and any(not s.ready and now_s - s.since > 1.0 for s in p.slots)]
-        if not starved:
+        pending = [p for p in self.pools.values() if any(not s.ready and now_s - s.since > 1.0 for s in p.slots)]
+        if not pending or now_s - getattr(self, "_placed_at", 0.0) < 1.0:
             return
-        for p in self.pools.values():
-            if p in starved or p.demand:
+        self._placed_at = now_s
+        free = ray.available_resources()
+        starved = [p for p in pending if free.get("CPU", 0.0) + 1e-9 < p.res.num_cpus
+                   or free.get("GPU", 0.0) + 1e-9 < p.res.num_gpus]
+        if not starved:
+            return  # slow set-ups, not placement
+        for p in starved:
+            for s in p.slots:
+                s.unplaced = s.unplaced or (not s.ready and now_s - s.since > 1.0)
+        for key, p in self.pools.items():
+            if p in starved or p.demand or (len(p.slots) <= 1 and key in getattr(self, "active", set())):
                 continue
             for s in p.idle():
                 if now_s - s.since > 0.5:
@@ -588,7 +692,9 @@ def _capacity(res: Resources) -> int:
         fits.append(int(total.get("CPU", 1) // res.num_cpus))
     if res.num_gpus > 0:
         fits.append(int(total.get("GPU", 0) // res.num_gpus))
-    return max(1, min(fits) if fits else 1)
+    if not fits:  # needs no CPU or GPU (waits on the network): its stages' concurrency bounds it
+        return 1 << 30
+    return max(1, min(fits))
 
 
 def make_executor(cfg: BuildConfig) -> Executor:

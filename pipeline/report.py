@@ -164,7 +164,9 @@ def timeline_report(pipeline, run) -> dict[str, Any]:
                      f"{r['first_start_s'] if r['first_start_s'] is not None else '-'} | "
                      f"{r['last_end_s'] if r['last_end_s'] is not None else '-'} |")
     report = {"wall_s": round(wall, 2), "stages": rows, "timeline_png": pipeline.storage.url_of(f"{base}/timeline.png")}
-    pipeline.storage.write_json(f"{base}/report.json", report)
+    parts = [{**t, "start": round(t["start"] - run.started_at, 3), "end": round(t["end"] - run.started_at, 3)}
+             for t in run.timeline]
+    pipeline.storage.write_json(f"{base}/report.json", {**report, "parts": parts})
     pipeline.storage.write_bytes(f"{base}/report.md", "\n".join(
         lines + ["", "![timeline](timeline.png)", ""]).encode())
     report["markdown"] = "\n".join(lines + ["", f"![timeline](data:image/png;base64,{base64.b64encode(png).decode()})", ""])

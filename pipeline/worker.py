@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import traceback
 from collections import Counter
@@ -19,6 +20,8 @@ import pyarrow.compute as pc
 import schemas
 from pipeline.stage import Rejected, Stage
 from pipeline.storage import Storage, part_name
+
+log = logging.getLogger("livecc")
 
 
 def error_row(stage: str, part: int, key: str, exc: BaseException) -> dict[str, Any]:
@@ -140,6 +143,7 @@ class StageRunner:
 
     def __init__(self) -> None:
         self._stages: dict[tuple[str, ...], Stage] = {}
+        self.setup_s: dict[str, float] = {}   # stage name -> seconds its setup() took here
 
     def stage(self, spec: dict[str, Any]) -> Stage:
         cls: type[Stage] = spec["cls"]
@@ -148,9 +152,12 @@ class StageRunner:
                ctx.storage.url, ctx.corpus)
         stage = self._stages.get(key)
         if stage is None:
+            t0 = time.perf_counter()
             stage = cls(cls.Config.model_validate(spec["config"]), ctx)
             stage.setup()
             self._stages[key] = stage
+            self.setup_s[cls.name] = round(time.perf_counter() - t0, 3)
+            log.info("%s: set up in %.2f s", cls.name, self.setup_s[cls.name])
         return stage
 
     def run_chain(self, task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -175,7 +182,7 @@ class StageRunner:
                 path = f"{stage.context.stage_dir}/{part_name(k)}"
                 if i > 0 and not task["force"] and spec["done_input"] == input_fp and storage.exists(path):
                     results.append({"stage": stage.name, "ran": False, "start": start, "end": time.time(),
-                                    "output_fingerprint": spec["done_output"]})
+                                    "output_fingerprint": spec["done_output"], "setup_s": self.setup_s.get(stage.name)})
                     input_fp, rows = spec["done_output"], None
                     continue
                 if rows is None:
@@ -187,7 +194,7 @@ class StageRunner:
                 exc.livecc_stage = spec["cls"].name
                 raise
             results.append({"stage": stage.name, "ran": True, "start": start, "end": time.time(),
-                            "input_fingerprint": input_fp, **result})
+                            "input_fingerprint": input_fp, "setup_s": self.setup_s.get(stage.name), **result})
             input_fp = result["output_fingerprint"]
             rows = table.to_pylist() if i + 1 < len(task["stages"]) else None
         return results

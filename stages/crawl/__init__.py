@@ -117,8 +117,9 @@ class YoutubeCrawl(Stage):
     input_schema = None
     output_schema = schemas.VIDEOS
     # Network-bound: threads (``concurrency``) overlap requests inside each actor, which mostly
-    # waits; a quarter CPU lets its actors run beside the CPU stages' while parts stream.
-    resources = Resources(num_cpus=0.25, batch_size=32)
+    # waits: it reserves no CPU, so its actors run beside the CPU stages' while parts stream (at
+    # most 4 parts in flight)
+    resources = Resources(num_cpus=0, batch_size=32, concurrency=4)
     # Discovery costs requests: list sources once per source config, not on every status call.
     replan = False
 

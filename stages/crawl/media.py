@@ -86,8 +86,9 @@ class MediaDownload(Stage):
     Config = MediaConfig
     input_schema = schemas.CLIPS
     output_schema = schemas.CLIPS
-    # network-bound (its threads wait on downloads): a quarter CPU, beside the CPU stages' actors
-    resources = Resources(num_cpus=0.25, batch_size=None)
+    # network-bound (its threads wait on downloads): no CPU reserved, so its actors run beside the
+    # CPU stages' (at most 4 parts in flight)
+    resources = Resources(num_cpus=0, batch_size=None, concurrency=4)
     key_field = "clip_id"
 
     config: MediaConfig

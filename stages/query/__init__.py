@@ -141,8 +141,8 @@ class Query(Stage):
     input_schema = schemas.CLIPS
     output_schema = schemas.CLIPS
     # network-bound: threads overlap the requests (a part at a time, so a part's requests share one
-    # pool), and the actor mostly waits: a quarter CPU, beside the CPU stages' actors
-    resources = Resources(num_cpus=0.25, batch_size=None)
+    # pool), and the actor mostly waits: no CPU reserved, beside the CPU stages' (4 parts in flight)
+    resources = Resources(num_cpus=0, batch_size=None, concurrency=4)
     key_field = "clip_id"
 
     config: QueryConfig
