@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import posixpath
 import shutil
 import uuid
 from collections import Counter

@@ -20,7 +20,7 @@ import pytest
 from pydantic import ValidationError
 
 import schemas
-from pipeline.stage import Rejected, StageContext
+from pipeline.stage import StageContext
 from pipeline.storage import Storage
 from pipeline.worker import execute_part
 from stages.caption_parse import parse_json3, parse_vtt

@@ -24,7 +24,7 @@ import webdataset as wds
 import schemas
 from pipeline.stage import StageContext
 from pipeline.storage import Storage, part_name
-from schemas.record import conversation, jsonl_conversation, on_member_clock, sample_json, video_reference
+from schemas.record import conversation, jsonl_conversation, sample_json
 from schemas.seek_index import SEEK_INDEX, SeekIndex, read_jsonl_with_seeks
 from stages.shard import (MediaCutError, Shard, ShardConfig, cut_clip, plan_shards, tar_file_size,
                           tar_members, tar_sample_bytes)
