@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.manifest import DONE, load_manifest
 from pipeline.storage import part_name
@@ -22,8 +23,10 @@ def _columns(pipeline, stage, parts: list[int], sub: str, columns: list[str]) ->
     for k in parts:
         path = f"{sdir}/{sub}{part_name(k)}"
         if pipeline.storage.exists(path):
-            t = pipeline.storage.read_table(path)
-            tables.append(t.select([c for c in columns if c in t.column_names]))
+            # only the columns asked for: a part's words lists are most of its bytes
+            with pipeline.storage.open(path) as f:
+                pf = pq.ParquetFile(f)
+                tables.append(pf.read(columns=[c for c in columns if c in pf.schema_arrow.names]))
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 

@@ -79,8 +79,9 @@ def execute_part(stage: Stage, storage: Storage, part: int, rows: list[dict[str,
     return execute_part_table(stage, storage, part, rows)[0]
 
 
-def execute_part_table(stage: Stage, storage: Storage, part: int,
-                       rows: list[dict[str, Any]]) -> tuple[dict[str, Any], pa.Table]:
+def execute_part_table(stage: Stage, storage: Storage, part: int, rows: list[dict[str, Any]],
+                       rows_schema: pa.Schema | None = None, want_rows: bool = False,
+                       ) -> tuple[dict[str, Any], pa.Table, list[dict] | None]:
     """Process one part and write ``part-k``, ``_rejected/part-k`` and ``_errors/part-k``.
 
     The main part file is written last: its presence (with a matching manifest entry)
@@ -88,13 +89,17 @@ def execute_part_table(stage: Stage, storage: Storage, part: int,
 
     Returns:
         the result -- counts (input, kept, rejected, errors), rejection reasons, the output
-        fingerprint (sha256 of the part file) and the wall seconds -- and the kept rows as written.
+        fingerprint (sha256 of the part file) and the wall seconds -- the table written, and
+        (``want_rows``) its rows exactly as reading the part file back gives them (see
+        :func:`canonical_rows`; ``rows_schema``: the schema ``rows`` were read with, ``None``
+        if they were not read from a part file).
     """
     t0 = time.perf_counter()
     stage.context.part = part
     name = stage.name
     results = run_batches(stage, rows)
     kept, kept_keys, rejected, rejected_keys, errors = [], [], [], [], []
+    kept_src: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
     for row, res in zip(rows, results):
         key = stage.key(row)
@@ -109,6 +114,8 @@ def execute_part_table(stage: Stage, storage: Storage, part: int,
             else:
                 kept.append(out)
                 kept_keys.append(key)
+                kept_src.append(row)
+    n_kept = len(kept)
     table = _isolating_table(kept, kept_keys, stage.output_schema, name, part, errors)
     rej_schema = schemas.rejected_schema(stage.input_schema or stage.output_schema)
     rej_table = _isolating_table(rejected, rejected_keys, rej_schema, name, part, errors, lenient=True)
@@ -130,7 +137,45 @@ def execute_part_table(stage: Stage, storage: Storage, part: int,
         "reasons": dict(reasons),
         "output_fingerprint": fingerprint,
         "seconds": round(time.perf_counter() - t0, 3),
-    }, table
+    }, table, (None if not want_rows else table.to_pylist() if n_kept != table.num_rows  # rows went to errors
+               else canonical_rows(table, kept, kept_src, rows_schema))
+
+
+def canonical_rows(table: pa.Table, kept: list[dict[str, Any]], sources: list[dict[str, Any]],
+                   source_schema: pa.Schema | None) -> list[dict[str, Any]]:
+    """``table.to_pylist()`` for a table just built from ``kept``, without converting again the
+    values a stage passed through from its input: a fused chain hands these rows to the next
+    stage, which must see exactly what it would read from the part file.
+
+    A value is reused when its column has the same type in ``source_schema`` (the schema the
+    input rows were read with) and it is the very object of its input row (``sources[i]`` made
+    ``kept[i]``), or, in a list column, a new list of such objects (a clip's slice of its
+    video's words). Anything else is converted from the table: a value a
+    stage built can differ from its Arrow round trip (an int in a double column, a tuple, a
+    missing key, dict key order). Stages do not mutate their input rows in place.
+    """
+    if source_schema is None or not kept:
+        return table.to_pylist()
+    names = table.column_names
+    columns: list[list[Any]] = []
+    for field in table.schema:
+        name = field.name
+        idx = source_schema.get_field_index(name)
+        if idx < 0 or not source_schema.field(idx).type.equals(field.type):
+            columns.append(table.column(name).to_pylist())
+            continue
+        values = [r.get(name) for r in kept]
+        bad = [i for i, (v, src) in enumerate(zip(values, sources)) if v is not src.get(name)]
+        if bad and (pa.types.is_list(field.type) or pa.types.is_large_list(field.type)):
+            known = {id(e) for src in {id(x): x for x in sources}.values() for e in (src.get(name) or ())}
+            bad = [i for i in bad if not (type(values[i]) is list and all(id(e) in known for e in values[i]))]
+        if len(bad) == len(values):
+            values = table.column(name).to_pylist()
+        elif bad:
+            for i, v in zip(bad, table.column(name).take(bad).to_pylist()):
+                values[i] = v
+        columns.append(values)
+    return [dict(zip(names, vals)) for vals in zip(*columns)]
 
 
 class StageRunner:
@@ -173,6 +218,7 @@ class StageRunner:
         """
         k, results = task["part"], []
         rows: list[dict[str, Any]] | None = None
+        rows_schema: pa.Schema | None = None
         input_fp = task["input_fingerprint"]
         for i, spec in enumerate(task["stages"]):
             start = time.time()
@@ -187,8 +233,13 @@ class StageRunner:
                     continue
                 if rows is None:
                     src = task["input"] if i == 0 else f"{task['stages'][i - 1]['context'].stage_dir}/{part_name(k)}"
-                    rows = list(src) if i == 0 and task["source"] else storage.read_table(src).to_pylist()
-                result, table = execute_part_table(stage, storage, k, rows)
+                    if i == 0 and task["source"]:
+                        rows, rows_schema = list(src), None
+                    else:
+                        read = storage.read_table(src)
+                        rows, rows_schema = read.to_pylist(), read.schema
+                result, table, out_rows = execute_part_table(stage, storage, k, rows, rows_schema,
+                                                             want_rows=i + 1 < len(task["stages"]))
             except BaseException as exc:
                 exc.livecc_results = results  # stages finished before the failure are kept
                 exc.livecc_stage = spec["cls"].name
@@ -196,5 +247,5 @@ class StageRunner:
             results.append({"stage": stage.name, "ran": True, "start": start, "end": time.time(),
                             "input_fingerprint": input_fp, "setup_s": self.setup_s.get(stage.name), **result})
             input_fp = result["output_fingerprint"]
-            rows = table.to_pylist() if i + 1 < len(task["stages"]) else None
+            rows, rows_schema = (out_rows, table.schema) if i + 1 < len(task["stages"]) else (None, None)
         return results

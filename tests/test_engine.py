@@ -353,3 +353,39 @@ def test_a_stage_switched_off_is_left_out_of_the_chain(tmp_path):
     assert make(tmp_path, square={"enabled": True}).keys == make(tmp_path).keys
     with pytest.raises(ConfigError, match="stages.numbers.enabled: the source stage cannot be switched off"):
         make(tmp_path, numbers={"enabled": False})
+
+
+def test_fused_rows_are_exactly_what_the_part_file_reads_back():
+    """A fused chain hands the next stage the kept rows without converting again the values a
+    stage passed through; everything else must come out as the Arrow round trip gives it."""
+    import json
+
+    import pyarrow as pa
+
+    from pipeline.worker import canonical_rows
+    from schemas import rows_to_table
+
+    word = pa.struct([pa.field("start", pa.float64(), nullable=False), pa.field("end", pa.float64(), nullable=False),
+                      pa.field("text", pa.string(), nullable=False)])
+    schema_in = pa.schema([("key", pa.string()), ("words", pa.list_(word)), ("tags", pa.list_(pa.string()))])
+    schema_out = pa.schema([("key", pa.string()), ("words", pa.list_(word)), ("tags", pa.list_(pa.string())),
+                            ("score", pa.float64()), ("pos", pa.list_(pa.float64()))])
+    src = rows_to_table([{"key": "a", "words": [{"start": 0.0, "end": 0.5, "text": "hi"},
+                                                 {"start": 0.5, "end": 1.0, "text": "there"}], "tags": ["x"]},
+                         {"key": "b", "words": [], "tags": None}], schema_in)
+    rows = src.to_pylist()
+    kept = [
+        {**rows[0], "score": 1, "pos": (1, 2.5)},                  # passed through; an int and a tuple
+        {"key": "a2", "words": rows[0]["words"][1:], "tags": list(rows[0]["tags"]), "score": 0.25},  # a slice
+        {"key": "b", "words": [{"text": "new", "end": 2, "start": 1.5}], "score": None},  # built, keys reordered
+        {**rows[1]},
+    ]
+    sources = [rows[0], rows[0], rows[1], rows[1]]
+    table = rows_to_table(kept, schema_out)
+    got = canonical_rows(table, kept, sources, src.schema)
+    want = table.to_pylist()
+    assert got == want
+    assert json.dumps(got) == json.dumps(want)  # key order too
+    assert [[type(v) for v in r.values()] for r in got] == [[type(v) for v in r.values()] for r in want]
+    assert got[0]["words"] is rows[0]["words"] and got[1]["words"] is kept[1]["words"]  # reused, not converted
+    assert canonical_rows(table, kept, sources, None) == want  # input not read from a part file: converted
