@@ -131,7 +131,8 @@ class Stage:
 
     def process(self, row: dict[str, Any]) -> Iterable[dict[str, Any] | Rejected]:
         """One input row -> output rows and/or :class:`Rejected` rows; raising records an
-        ``_errors`` row for this item."""
+        ``_errors`` row for this item. Build new rows (``{**row, ...}``); never mutate ``row``
+        or its values in place: a fused chain hands values passed through to the next stage."""
         raise NotImplementedError(f"{self.name} implements process_batch, not process")
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[Result | BaseException]:
