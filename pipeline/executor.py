@@ -88,6 +88,7 @@ class Executor:
 
     fuse: bool = True
     part_retries: int = 2
+    setup_s: dict[str, float]  # stage -> its setup() seconds on a worker, once seen
 
     # -- backend -----------------------------------------------------------------------------
     def free_slots(self, res: Resources, stage: str | None = None, set_up: bool = False) -> int:
@@ -308,7 +309,7 @@ class _Schedule:
 
     def _setup_s(self, stage: str) -> float:
         """The stage's setup() seconds on a worker as seen so far; unknown counts as costly."""
-        seen = [d[stage] for d in (self.setup_s, getattr(self.ex, "setup_s", {})) if stage in d]
+        seen = [d[stage] for d in (self.setup_s, self.ex.setup_s) if stage in d]
         return max(seen) if seen else COSTLY_SETUP_S
 
     def _record(self, c: _Chain, results: list[dict[str, Any]]) -> None:
@@ -445,6 +446,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, cfg: BuildConfig | None = None):
         self.runner = StageRunner()
+        self.setup_s = self.runner.setup_s
         self.part_retries = cfg.ray.part_retries if cfg else 0
         self.fuse = cfg.ray.fuse if cfg else True
         self._done: list[tuple[Any, Any]] = []
@@ -548,6 +550,8 @@ class RayExecutor(Executor):
         self.pools: dict[tuple, _Pool] = {}
         self.inflight: dict[Any, tuple[_Pool, _Slot]] = {}
         self.setup_s: dict[str, float] = {}  # stage -> its setup() seconds on an actor, once seen
+        self.active: set[tuple] = set()      # shapes that still have work in this run
+        self._placed_at = 0.0                # when placement was last checked
 
     def pool(self, res: Resources) -> _Pool:
         key = shape(res)
@@ -650,7 +654,7 @@ class RayExecutor(Executor):
 
         now_s = time.monotonic()
         pending = [p for p in self.pools.values() if any(not s.ready and now_s - s.since > 1.0 for s in p.slots)]
-        if not pending or now_s - getattr(self, "_placed_at", 0.0) < 1.0:
+        if not pending or now_s - self._placed_at < 1.0:
             return
         self._placed_at = now_s
         free = ray.available_resources()
@@ -662,7 +666,7 @@ class RayExecutor(Executor):
             for s in p.slots:
                 s.unplaced = s.unplaced or (not s.ready and now_s - s.since > 1.0)
         for key, p in self.pools.items():
-            if p in starved or p.demand or (len(p.slots) <= 1 and key in getattr(self, "active", set())):
+            if p in starved or p.demand or (len(p.slots) <= 1 and key in self.active):
                 continue
             for s in p.idle():
                 if now_s - s.since > 0.5:

@@ -46,15 +46,19 @@ SCENARIO = textwrap.dedent('''
 
     class SlowConfig(StageConfig):
         sleep_s: float = 0.0
+        marks: str = ""   # a file per part started: "<node id> <part>", for the node killer
 
     class Slow(Stage):
-        """One CPU per actor: three actors, one per node."""
+        """One CPU per actor: at most one actor per node."""
         name = "slow"
         Config = SlowConfig
         input_schema = output_schema = NUMBERS
         resources = Resources(num_cpus=1, batch_size=None)
         key_field = "key"
         def process_batch(self, rows):
+            if self.config.marks:
+                node = ray.get_runtime_context().get_node_id()
+                (Path(self.config.marks) / f"{node}-{self.context.part}").write_text(str(time.time()))
             time.sleep(self.config.sleep_s)
             return [[{"key": r["key"], "n": r["n"] * 3}] for r in rows]
 
@@ -66,11 +70,11 @@ SCENARIO = textwrap.dedent('''
         def process(self, row):
             yield {"key": row["key"], "n": row["n"] + 1}
 
-    def pipeline(root, sleep_s):
+    def pipeline(root, sleep_s, marks=""):
         path = Path(root).with_suffix(".yaml")
         path.write_text(yaml.safe_dump({"corpus": "nl", "flow": "toy", "root": str(root), "part_size": 1,
                                         "ray": {"part_retries": 3, "fuse": False},
-                                        "stages": {"slow": {"sleep_s": sleep_s}}}))
+                                        "stages": {"slow": {"sleep_s": sleep_s, "marks": marks}}}))
         return Pipeline(load_config(path), [Numbers, Slow, Tail])
 
     def files(pipe):
@@ -82,21 +86,29 @@ SCENARIO = textwrap.dedent('''
     clean.run(executor=LocalExecutor(clean.cfg), progress=False)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    doomed = cluster.add_node(num_cpus=1)
-    cluster.add_node(num_cpus=1)
+    workers = {n.node_id: n for n in (cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1))}
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
+    marks = tmp / "marks"
+    marks.mkdir()
 
     class KillANode(Listener):
+        """Kills the first worker node seen running a slow part, while that part sleeps."""
         def stage_started(self, stage):
             if stage == "slow":
                 def kill():
-                    time.sleep(3.0)   # the three Slow actors are busy by now
-                    cluster.remove_node(doomed, allow_graceful=False)
-                    print("KILLED", flush=True)
+                    deadline = time.time() + 60
+                    while time.time() < deadline:
+                        for m in marks.iterdir():
+                            node = m.name.rsplit("-", 1)[0]
+                            if node in workers and time.time() - float(m.read_text() or 0) < 1.0:
+                                cluster.remove_node(workers[node], allow_graceful=False)
+                                print("KILLED", m.name, flush=True)
+                                return
+                        time.sleep(0.05)
                 threading.Thread(target=kill, daemon=True).start()
 
-    pipe = pipeline(tmp / "lossy", 2.0)
+    pipe = pipeline(tmp / "lossy", 2.0, str(marks))
     ex = RayExecutor(pipe.cfg)
     try:
         run = pipe.run(executor=ex, progress=False, listener=KillANode())
