@@ -31,6 +31,7 @@ still loads a stage's models once (``setup``) and then serves part after part.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -551,7 +552,6 @@ class RayExecutor(Executor):
         self.inflight: dict[Any, tuple[_Pool, _Slot]] = {}
         self.setup_s: dict[str, float] = {}  # stage -> its setup() seconds on an actor, once seen
         self.active: set[tuple] = set()      # shapes that still have work in this run
-        self._placed_at = 0.0                # when placement was last checked
 
     def pool(self, res: Resources) -> _Pool:
         key = shape(res)
@@ -639,34 +639,39 @@ class RayExecutor(Executor):
             try:
                 done.append((ref, ray.get(ref)))
             except Exception as exc:  # noqa: BLE001 - a part failure must not stop the others
-                if isinstance(exc, ray.exceptions.RayActorError):
+                if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
+                    # dead, or unreachable (its node is going away): either way it leaves the pool;
+                    # an unreachable one would take the next part and never answer
                     pool.slots.remove(slot)  # replaced on demand by want()
+                    with contextlib.suppress(Exception):
+                        ray.kill(slot.actor)
                 done.append((ref, exc))
         self._release_idle()
         return done
 
     def _release_idle(self) -> None:
         """An idle actor of a pool with no waiting parts makes room for a pool whose new actor the
-        cluster cannot place (not ready after a second, and the free resources do not fit its
-        shape); a pool whose stages still have work keeps its last actor (its stages are set up
-        there)."""
+        cluster has not placed (not ready after a second while its parts wait, or after five
+        seconds with nothing running at all); a pool whose stages still have work keeps its last
+        actor (its stages are set up there) unless nothing is running (a stall: its parts wait
+        on the starved pool)."""
         import ray
 
         now_s = time.monotonic()
         pending = [p for p in self.pools.values() if any(not s.ready and now_s - s.since > 1.0 for s in p.slots)]
-        if not pending or now_s - self._placed_at < 1.0:
+        if not pending:
             return
-        self._placed_at = now_s
-        free = ray.available_resources()
-        starved = [p for p in pending if free.get("CPU", 0.0) + 1e-9 < p.res.num_cpus
-                   or free.get("GPU", 0.0) + 1e-9 < p.res.num_gpus]
+        # nothing running and an actor waiting for seconds: only a release can make progress.
+        # (No ray.available_resources() here: that GCS call can block while a node is lost.)
+        stalled = not self.inflight and any(now_s - s.since > 5.0 for p in pending for s in p.slots if not s.ready)
+        starved = pending if stalled else [p for p in pending if p.demand and not p.idle()]
         if not starved:
-            return  # slow set-ups, not placement
+            return
         for p in starved:
             for s in p.slots:
                 s.unplaced = s.unplaced or (not s.ready and now_s - s.since > 1.0)
         for key, p in self.pools.items():
-            if p in starved or p.demand or (len(p.slots) <= 1 and key in self.active):
+            if p in starved or p.demand or (not stalled and len(p.slots) <= 1 and key in self.active):
                 continue
             for s in p.idle():
                 if now_s - s.since > 0.5:
